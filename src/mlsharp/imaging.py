@@ -1,0 +1,406 @@
+"""Decode one photo into the RGB array and focal length that SHARP expects.
+
+This is the decode step of the single inference path. It reproduces the preprocessing of
+Apple's reference ``sharp`` implementation (``sharp.utils.io.load_rgb``) bit for bit for
+every input the reference handles, and behaves sensibly where the reference would crash
+or produce garbage.
+
+Rules shared with the reference:
+
+* **Orientation.** The EXIF ``Orientation`` tag is honoured only for the pure rotations:
+  3 -> ``ROTATE_180``, 6 -> ``ROTATE_270``, 8 -> ``ROTATE_90`` (Pillow's names). The
+  mirrored values 2, 4, 5 and 7 are ignored, as in the reference. Width, height and the
+  focal length in pixels are computed *after* the rotation. HEIC/HEIF files come out of
+  libheif already rotated (pillow_heif resets their EXIF orientation to 1).
+* **EXIF lookup.** The Exif sub-IFD (``0x8769``, names from ``PIL.ExifTags.TAGS``) is
+  merged with the base IFD (names from ``PIL.TiffTags.TAGS_V2``); the base IFD wins.
+* **Focal length.** ``FocalLengthIn35mmFilm`` (or ``FocalLenIn35mmFilm``) if present and
+  >= 1; otherwise ``FocalLength`` (30 mm if absent), multiplied by 8.4 when below 10 mm (a
+  crude phone-sensor guess). Then ``f_px = f_35 * sqrt(W² + H²) / sqrt(36² + 24²)`` in
+  float64. A user-supplied 35 mm-equivalent focal overrides EXIF. Unlike the reference,
+  unreadable, non-finite or non-positive EXIF values count as missing.
+* **Pixels.** ``np.asarray`` of the Pillow image; grey is stacked to three channels and an
+  alpha channel is dropped *without* compositing (the RGB under transparent pixels is
+  kept). HEIF high-bit-depth images are converted to 8 bit (``convert_hdr_to_8bit``).
+
+Other modes (the reference would return nonsense for them): ``LA`` -> its grey channel
+stacked; ``P``/``PA`` -> RGBA via the palette, alpha dropped; ``1`` -> grey 0/255;
+``CMYK``, ``YCbCr``, ``LAB``, ``HSV`` and the rest -> ``convert("RGB")``. 16-bit grey
+(``I;16*``) stays ``uint16``. Pillow decodes 16-bit-per-channel RGB(A) PNG/TIFF to 8-bit
+``RGB``/``RGBA`` itself, so those come out as ``uint8`` (exactly like the reference).
+32-bit ``I`` and ``F`` images are mapped into ``uint16``, see ``_wide_to_uint16``.
+
+The format is detected from the content, never from the file name.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import stat
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import numpy as np
+from PIL import ExifTags, Image, TiffTags, UnidentifiedImageError
+
+from mlsharp.errors import ConfigError, ImageTooLarge, InvalidImage, MlsharpError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "SUPPORTED_EXTENSIONS",
+    "FocalSource",
+    "ImageSource",
+    "LoadedImage",
+    "focal_length_px",
+    "is_supported_path",
+    "load_image",
+]
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Default upper bound on width x height, checked from the header before decoding."""
+
+SUPPORTED_EXTENSIONS: tuple[str, ...] = (
+    ".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif",
+)  # fmt: skip
+"""File-name extensions (lower case, with the dot) worth trying when scanning a folder."""
+
+FocalSource = Literal["user", "exif_35mm", "exif_focal_length", "default"]
+ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
+
+_PIL_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "HEIF")  # JPEG covers MPO
+_FORMAT_NAMES = "JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC/HEIF"
+_ROT90_TURNS = {3: 2, 6: -1, 8: 1}  # EXIF orientation -> np.rot90 k (PIL 180 / 270 / 90)
+_DEFAULT_FOCAL_MM = 30.0
+_FULL_FRAME_DIAGONAL = np.sqrt(36**2 + 24**2)
+
+_heif_lock = threading.Lock()
+_heif_registered = False
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedImage:
+    """A decoded, upright RGB photo plus the focal length SHARP should assume.
+
+    ``pixels`` is H x W x 3, C-contiguous, ``uint8`` for 8-bit sources and ``uint16`` for
+    16-bit ones. ``focal_mm_35`` is the 35 mm-equivalent focal length used to derive
+    ``focal_px``; ``focal_source`` says where it came from.
+    """
+
+    pixels: np.ndarray
+    focal_px: float
+    focal_mm_35: float
+    focal_source: FocalSource
+    name: str
+    format: str = ""
+
+    @property
+    def width(self) -> int:
+        """Width in pixels (after EXIF rotation)."""
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        """Height in pixels (after EXIF rotation)."""
+        return int(self.pixels.shape[0])
+
+    def to_float32(self) -> np.ndarray:
+        """Return H x W x 3 float32 in [0, 1] (bit-identical to ``tensor.float() / 255``)."""
+        scale = 65535.0 if self.pixels.dtype == np.uint16 else 255.0
+        return self.pixels.astype(np.float32) / np.float32(scale)
+
+
+def is_supported_path(path: str | os.PathLike[str]) -> bool:
+    """Tell whether a file name has an image extension mlsharp reads (case-insensitive)."""
+    return Path(path).suffix.lower() in SUPPORTED_EXTENSIONS
+
+
+def focal_length_px(focal_mm_35: float, width: int, height: int) -> float:
+    """Convert a 35 mm-equivalent focal length to pixels for a ``width`` x ``height`` image.
+
+    Uses the diagonal ratio in float64, exactly as the reference does.
+    """
+    return float(focal_mm_35 * np.sqrt(width**2.0 + height**2.0) / _FULL_FRAME_DIAGONAL)
+
+
+def load_image(
+    source: ImageSource,
+    *,
+    focal_mm: float | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = None,
+    name: str | None = None,
+) -> LoadedImage:
+    """Decode a photo (path, bytes or binary file object) the way the reference SHARP does.
+
+    ``focal_mm`` (35 mm-equivalent) overrides the EXIF focal length. ``max_pixels`` bounds
+    width x height and is checked from the header before any pixel data is decoded;
+    ``max_bytes`` bounds the encoded size. ``None`` disables either limit (Pillow's own
+    decompression-bomb limit, 2 x ``Image.MAX_IMAGE_PIXELS``, still applies). ``name`` is
+    used in error messages (default: the file name, ``"<bytes>"`` or ``"<stream>"``).
+
+    Raises ``InvalidImage`` for unreadable input, ``ImageTooLarge`` when a limit is
+    exceeded and ``ConfigError`` for invalid arguments.
+    """
+    user_focal = _check_focal_mm(focal_mm)
+    _check_limit("max_pixels", max_pixels)
+    _check_limit("max_bytes", max_bytes)
+    label = _clean_name(name if name is not None else _default_name(source))
+    with _open_source(source, label, max_bytes) as fp:
+        pixels, exif, fmt = _decode(fp, label, max_pixels)
+    pixels = _apply_orientation(pixels, exif.get("Orientation"))
+    if user_focal is not None:
+        f35, origin = user_focal, "user"
+    else:
+        f35, origin = _focal_from_exif(exif)
+    height, width = pixels.shape[:2]
+    return LoadedImage(
+        pixels=pixels,
+        focal_px=focal_length_px(f35, width, height),
+        focal_mm_35=f35,
+        focal_source=origin,
+        name=label,
+        format=fmt,
+    )
+
+
+# -- arguments and sources -------------------------------------------------------------
+
+
+def _check_focal_mm(focal_mm: float | None) -> float | None:
+    if focal_mm is None:
+        return None
+    try:
+        value = float(focal_mm)
+    except (TypeError, ValueError):
+        raise ConfigError(f"focal_mm must be a number, got {focal_mm!r}") from None
+    if isinstance(focal_mm, bool) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"focal_mm must be a finite number > 0, got {focal_mm!r}")
+    return value
+
+
+def _check_limit(what: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{what} must be a positive integer or None, got {value!r}")
+
+
+def _default_name(source: object) -> str:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        return path.name or str(path)
+    stream_name = getattr(source, "name", None)
+    return Path(stream_name).name if isinstance(stream_name, str) and stream_name else "<stream>"
+
+
+def _clean_name(name: str) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in str(name))
+
+
+def _open_source(source: ImageSource, label: str, max_bytes: int | None) -> BinaryIO:
+    """Return a seekable binary stream over the encoded image; the caller closes it."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        return _open_path(Path(source), label, max_bytes)
+    elif hasattr(source, "read"):
+        data = _read_stream(source, label, max_bytes)
+    else:
+        raise ConfigError(f"cannot read {label}: expected a path, bytes or a binary file object")
+    _check_size(len(data), label, max_bytes)
+    return io.BytesIO(data)
+
+
+def _open_path(path: Path, label: str, max_bytes: int | None) -> BinaryIO:
+    try:
+        fp = path.open("rb")
+        info = os.fstat(fp.fileno())
+    except OSError as exc:
+        raise InvalidImage(f"cannot read {label}: {exc.strerror or _reason(exc)}") from exc
+    if stat.S_ISREG(info.st_mode):
+        try:
+            _check_size(info.st_size, label, max_bytes)
+        except InvalidImage:
+            fp.close()
+            raise
+        return fp
+    with fp:  # a pipe or device: read it (bounded) like a stream
+        data = _read_stream(fp, label, max_bytes)
+    _check_size(len(data), label, max_bytes)
+    return io.BytesIO(data)
+
+
+def _read_stream(stream: Any, label: str, max_bytes: int | None) -> bytes:
+    try:
+        data = stream.read() if max_bytes is None else stream.read(max_bytes + 1)
+    except (OSError, ValueError) as exc:
+        raise InvalidImage(f"cannot read {label}: {_reason(exc)}") from exc
+    if not isinstance(data, (bytes, bytearray)):
+        raise ConfigError(f"cannot read {label}: the file object must be opened in binary mode")
+    return bytes(data)
+
+
+def _check_size(size: int, label: str, max_bytes: int | None) -> None:
+    if size == 0:
+        raise InvalidImage(f"cannot read {label}: empty file")
+    if max_bytes is not None and size > max_bytes:
+        raise ImageTooLarge(
+            f"{label} is too large: {size:,} bytes exceeds the limit of {max_bytes:,} bytes"
+        )
+
+
+# -- decoding --------------------------------------------------------------------------
+
+
+def _register_heif() -> None:
+    """Register pillow_heif's opener once (lazily, so importing mlsharp stays cheap)."""
+    global _heif_registered
+    with _heif_lock:
+        if _heif_registered:
+            return
+        try:
+            import pillow_heif
+        except ImportError:  # pragma: no cover - pillow_heif is a hard dependency
+            pass
+        else:
+            pillow_heif.register_heif_opener()
+        _heif_registered = True
+
+
+def _decode(fp: BinaryIO, label: str, max_pixels: int | None) -> tuple[np.ndarray, dict, str]:
+    """Open, size-check, fully decode and convert; returns (pixels, merged EXIF, format)."""
+    _register_heif()
+    img = _open_lazily(fp, label)
+    with img:
+        _check_pixels(img.size, label, max_pixels)
+        try:
+            img.load()
+            exif = _read_exif(img)
+            pixels = _to_rgb_array(img)
+        except MlsharpError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLarge(f"{label} is too large: {_reason(exc)}") from exc
+        except Exception as exc:
+            raise InvalidImage(f"cannot read {label}: {_reason(exc)}") from exc
+        return pixels, exif, str(img.format or "")
+
+
+def _open_lazily(fp: BinaryIO, label: str) -> Image.Image:
+    """``Image.open`` (header only); our own pixel limit replaces Pillow's bomb warning."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(fp, formats=_PIL_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{label} is too large: {_reason(exc)}") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidImage(f"cannot read {label}: not a supported image ({_FORMAT_NAMES})") from exc
+    except Exception as exc:
+        raise InvalidImage(f"cannot read {label}: {_reason(exc)}") from exc
+
+
+def _check_pixels(size: tuple[int, int], label: str, max_pixels: int | None) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise InvalidImage(f"cannot read {label}: image has no pixels ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(
+            f"{label} is too large: {width}x{height} = {width * height:,} pixels exceeds "
+            f"the limit of {max_pixels:,} pixels"
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _read_exif(img: Image.Image) -> dict[str, Any]:
+    """Merge the Exif sub-IFD and the base IFD by tag name (base IFD wins), as the reference."""
+    try:
+        base = img.getexif()
+        sub = base.get_ifd(0x8769)
+        merged = {ExifTags.TAGS[k]: v for k, v in sub.items() if k in ExifTags.TAGS}
+        merged.update(
+            {TiffTags.TAGS_V2[k].name: v for k, v in base.items() if k in TiffTags.TAGS_V2}
+        )
+    except Exception:  # corrupt EXIF: the pixels are still fine
+        return {}
+    return merged
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """H x W x 3 array: stack grey, drop alpha without compositing, keep 16-bit grey."""
+    mode = img.mode
+    if mode in ("RGB", "RGBA", "RGBX"):
+        arr = np.asarray(img)[:, :, :3]
+    elif mode in ("L", "LA"):
+        arr = _stack_grey(np.asarray(img.getchannel(0)))
+    elif mode == "1":
+        arr = _stack_grey(np.asarray(img.convert("L")))
+    elif mode in ("P", "PA"):
+        arr = np.asarray(img.convert("RGBA"))[:, :, :3]
+    elif mode.startswith("I;16"):
+        arr = _stack_grey(np.asarray(img).astype(np.uint16))
+    elif mode in ("I", "F"):
+        arr = _stack_grey(_wide_to_uint16(np.asarray(img)))
+    else:  # CMYK, YCbCr, LAB, HSV, premultiplied modes ...
+        arr = np.asarray(img.convert("RGB"))
+    return np.array(arr, order="C")  # a writable, C-contiguous copy
+
+
+def _stack_grey(grey: np.ndarray) -> np.ndarray:
+    return np.dstack((grey, grey, grey))
+
+
+def _wide_to_uint16(values: np.ndarray) -> np.ndarray:
+    """Map 32-bit ``I`` / ``F`` data into uint16.
+
+    Negative values and NaN become 0. Values already in the natural range (0..65535 for
+    integers, 0..1 for floats) map linearly onto 0..65535; otherwise the image is divided
+    by its maximum first, so that maximum becomes 65535.
+    """
+    data = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    data = np.clip(data, 0.0, None)
+    top = 65535.0 if values.dtype.kind in "iu" else 1.0
+    peak = float(data.max(initial=0.0))
+    if peak > top:
+        data = data * (top / peak)
+    return np.rint(data * (65535.0 / top)).astype(np.uint16)
+
+
+def _apply_orientation(pixels: np.ndarray, orientation: object) -> np.ndarray:
+    """Apply EXIF orientations 3, 6 and 8 only (the reference ignores mirrored ones)."""
+    turns = _ROT90_TURNS.get(orientation) if isinstance(orientation, int) else None
+    if not turns:
+        return pixels
+    return np.ascontiguousarray(np.rot90(pixels, turns))
+
+
+def _focal_from_exif(exif: dict[str, Any]) -> tuple[float, FocalSource]:
+    """35 mm-equivalent focal length from EXIF, with the reference's fallbacks."""
+    f35 = _as_float(exif.get("FocalLengthIn35mmFilm", exif.get("FocalLenIn35mmFilm")))
+    if f35 is not None and f35 >= 1:
+        return f35, "exif_35mm"
+    focal = _as_float(exif.get("FocalLength"))
+    if focal is None or focal <= 0:
+        return _DEFAULT_FOCAL_MM, "default"
+    return (focal * 8.4 if focal < 10.0 else focal), "exif_focal_length"
+
+
+def _as_float(value: object) -> float | None:
+    """EXIF value (int, IFDRational, ...) as a finite float, or None."""
+    if value is None:
+        return None
+    try:
+        result = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
+    return result if math.isfinite(result) else None

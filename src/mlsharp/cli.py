@@ -1,0 +1,117 @@
+"""The ``mlsharp`` command line: a thin shell over the library.
+
+Every user error surfaces as one line ``mlsharp: error: ...`` and a non-zero exit status
+(see ``mlsharp.errors``). Heavy modules (torch, the network) are imported inside the
+commands, so ``mlsharp --help`` and ``--version`` answer instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mlsharp._version import __version__
+from mlsharp.config import DEVICE_CHOICES, PRESET_CHOICES
+from mlsharp.errors import MlsharpError
+
+EXIT_INTERRUPTED = 130
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        metavar="PATH|URL",
+        help="SHARP .pt checkpoint (default: $MLSHARP_CHECKPOINT, else Apple's release, "
+        "downloaded once into the cache)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=PRESET_CHOICES,
+        help="network size: sharp (Apple's release, default) or tiny (tests); $MLSHARP_PRESET",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        help="compute device (default: auto = cuda, then mps, then cpu); $MLSHARP_DEVICE",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``mlsharp`` command (no heavy imports)."""
+    parser = argparse.ArgumentParser(
+        prog="mlsharp",
+        description="One photo in, a 3D Gaussian Splatting scene out (Apple's SHARP model).",
+    )
+    parser.add_argument("--version", action="version", version=f"mlsharp {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    predict = commands.add_parser(
+        "predict",
+        help="turn photos into 3D Gaussian splats (.ply)",
+        description="Predict a 3D Gaussian scene for each photo; writes OUTDIR/<stem>.ply. "
+        "Folders are searched recursively by extension.",
+    )
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    predict.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
+    _add_model_options(predict)
+    predict.add_argument(
+        "--focal-mm",
+        type=float,
+        metavar="MM",
+        help="35 mm-equivalent focal length, overriding EXIF (default: EXIF, else 30 mm)",
+    )
+    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.add_argument("--offline", action="store_true", help="never download the checkpoint")
+    predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    download = commands.add_parser(
+        "download", help="download the SHARP checkpoint into the cache ahead of time"
+    )
+    download.add_argument("--url", help="download from this URL instead of Apple's release")
+    download.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    random_ckpt = commands.add_parser(
+        "random-checkpoint",
+        help="write a randomly initialised (untrained) checkpoint for tests and demos",
+        description="Writes an UNTRAINED checkpoint: its splats are noise. Use it to exercise "
+        "the pipeline end to end (with --preset tiny it takes seconds).",
+    )
+    random_ckpt.add_argument("--preset", choices=PRESET_CHOICES, default="tiny")
+    random_ckpt.add_argument("-o", "--output", required=True, metavar="FILE")
+    random_ckpt.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mlsharp`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if args.command == "predict":
+            from mlsharp.commands.predict import run_predict
+
+            return run_predict(args)
+        if args.command == "download":
+            from mlsharp.commands.download import run_download
+
+            return run_download(args)
+        if args.command == "random-checkpoint":
+            from mlsharp.commands.random_checkpoint import run_random_checkpoint
+
+            return run_random_checkpoint(args)
+    except MlsharpError as error:
+        print(f"mlsharp: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("mlsharp: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

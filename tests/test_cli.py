@@ -1,0 +1,255 @@
+"""The ``mlsharp`` command line, run as a user runs it (subprocess, tiny preset)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from plyfile import PlyData
+
+from mlsharp.model import preset
+from tests.conftest import PARITY
+
+ASTRONAUT = PARITY / "images" / "astronaut.jpg"
+TINY_GAUSSIANS = preset("tiny").num_gaussians
+
+
+def _one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if "error" in line or "failed" in line]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["predict", "--help"]])
+def test_help_and_version_do_not_import_torch(args):
+    code = (
+        "import sys; from mlsharp.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'mlsharp.model' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "mlsharp" in result.stdout
+
+
+def test_import_mlsharp_is_light():
+    code = (
+        "import sys, mlsharp, mlsharp.errors, mlsharp.gaussians; assert 'torch' not in sys.modules"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_predict_writes_reference_layout_ply(run_cli, tmp_path, tiny_checkpoint):
+    image = tmp_path / "astronaut.jpg"
+    shutil.copy(ASTRONAUT, image)
+    result = run_cli(
+        "predict",
+        str(image),
+        "-o",
+        "out",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "inference" in result.stderr and "write" in result.stderr  # per-image timing line
+    ply = PlyData.read(tmp_path / "out" / "astronaut.ply")
+    assert [e.name for e in ply.elements] == [
+        "vertex",
+        "extrinsic",
+        "intrinsic",
+        "image_size",
+        "frame",
+        "disparity",
+        "color_space",
+        "version",
+    ]
+    assert ply["vertex"].count == TINY_GAUSSIANS
+    assert list(ply["image_size"]["image_size"]) == [512, 512]
+    assert ply["intrinsic"]["intrinsic"][0] == pytest.approx(836.7621765895851, rel=1e-6)
+    for name in ("x", "y", "z", "opacity", "scale_0", "rot_0", "f_dc_0"):
+        assert np.isfinite(ply["vertex"][name]).all()
+    assert (ply["vertex"]["z"] > 0).all()
+
+
+def test_settings_from_environment_and_focal_override(run_cli, tmp_path, tiny_checkpoint):
+    shutil.copy(ASTRONAUT, tmp_path / "a.jpg")
+    env = {
+        "MLSHARP_CHECKPOINT": str(tiny_checkpoint),
+        "MLSHARP_PRESET": "tiny",
+        "MLSHARP_DEVICE": "cpu",
+    }
+    result = run_cli("predict", "a.jpg", "-o", "out", "--focal-mm", "24", "-q", env=env)
+    assert result.returncode == 0, result.stderr
+    ply = PlyData.read(tmp_path / "out" / "a.ply")
+    expected = 24 * np.sqrt(512**2 * 2) / np.sqrt(36**2 + 24**2)
+    assert ply["intrinsic"]["intrinsic"][0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_bad_files_are_reported_in_one_line_and_skipped(run_cli, tmp_path, tiny_checkpoint):
+    photos = tmp_path / "photos"
+    (photos / "nested").mkdir(parents=True)
+    shutil.copy(ASTRONAUT, photos / "nested" / "good.jpg")
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(photos / "small.png")
+    (photos / "broken.jpg").write_text("this is not a photo")
+    (photos / "notes.txt").write_text("ignored: not an image extension")
+    result = run_cli(
+        "predict",
+        "photos",
+        "missing.jpg",
+        "-o",
+        "out",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "out" / "nested" / "good.ply").exists()
+    assert (tmp_path / "out" / "small.ply").exists()
+    assert not (tmp_path / "out" / "broken.ply").exists()
+    broken = [line for line in result.stderr.splitlines() if "broken.jpg" in line]
+    assert len(broken) == 1 and "cannot read" in broken[0]
+    assert any(
+        "missing.jpg" in line and "no such file" in line for line in result.stderr.splitlines()
+    )
+    assert "notes" not in result.stderr
+
+
+def test_existing_output_is_not_clobbered(run_cli, tmp_path, tiny_checkpoint):
+    shutil.copy(ASTRONAUT, tmp_path / "a.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.ply").write_bytes(b"precious")
+    args = [
+        "predict",
+        "a.jpg",
+        "-o",
+        "out",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+    ]
+    result = run_cli(*args)
+    assert result.returncode == 1
+    assert "--overwrite" in result.stderr
+    assert (out / "a.ply").read_bytes() == b"precious"
+    result = run_cli(*args, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert (out / "a.ply").read_bytes().startswith(b"ply\n")
+
+
+def test_missing_checkpoint_is_one_line(run_cli, tmp_path):
+    shutil.copy(ASTRONAUT, tmp_path / "a.jpg")
+    result = run_cli("predict", "a.jpg", "-o", "out", "--checkpoint", "nope.pt", "--device", "cpu")
+    assert result.returncode == 4
+    assert "nope.pt" in _one_error_line(result.stderr)
+
+
+def test_checkpoint_of_another_preset_names_the_mismatch(run_cli, tmp_path, tiny_checkpoint):
+    shutil.copy(ASTRONAUT, tmp_path / "a.jpg")
+    result = run_cli(
+        "predict",
+        "a.jpg",
+        "-o",
+        "out",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--preset",
+        "sharp",
+        "--device",
+        "cpu",
+    )
+    assert result.returncode == 4
+    line = _one_error_line(result.stderr)
+    assert "shape mismatch" in line and "sharp" in line
+
+
+def test_foreign_checkpoint_file_is_one_line(run_cli, tmp_path):
+    shutil.copy(ASTRONAUT, tmp_path / "a.jpg")
+    (tmp_path / "fake.pt").write_text("not a checkpoint")
+    result = run_cli("predict", "a.jpg", "-o", "out", "--checkpoint", "fake.pt", "--device", "cpu")
+    assert result.returncode == 4
+    assert "fake.pt" in _one_error_line(result.stderr)
+
+
+def test_offline_without_weights_says_how_to_get_them(run_cli, tmp_path):
+    shutil.copy(ASTRONAUT, tmp_path / "a.jpg")
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"MLSHARP_CHECKPOINT_URL": f"http://127.0.0.1:{port}/sharp.pt"}
+    result = run_cli("predict", "a.jpg", "-o", "out", "--device", "cpu", "-q", env=env)
+    assert result.returncode == 4
+    line = _one_error_line(result.stderr)
+    assert "mlsharp download" in line and "--checkpoint" in line
+
+
+@pytest.mark.skipif(
+    subprocess.run(
+        [sys.executable, "-c", "import torch, sys; sys.exit(torch.cuda.is_available())"]
+    ).returncode
+    != 0,
+    reason="this machine has a CUDA device",
+)
+def test_unavailable_device_is_one_line(run_cli, tmp_path, tiny_checkpoint):
+    shutil.copy(ASTRONAUT, tmp_path / "a.jpg")
+    result = run_cli(
+        "predict",
+        "a.jpg",
+        "-o",
+        "out",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--preset",
+        "tiny",
+        "--device",
+        "cuda",
+    )
+    assert result.returncode == 5
+    assert "cuda" in _one_error_line(result.stderr)
+
+
+def test_invalid_focal_is_rejected(run_cli, tmp_path, tiny_checkpoint):
+    shutil.copy(ASTRONAUT, tmp_path / "a.jpg")
+    result = run_cli(
+        "predict",
+        "a.jpg",
+        "-o",
+        "out",
+        "--focal-mm",
+        "-3",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--preset",
+        "tiny",
+    )
+    assert result.returncode == 2
+    assert "focal" in _one_error_line(result.stderr)
+
+
+def test_random_checkpoint_loads_strictly(run_cli, tmp_path):
+    result = run_cli("random-checkpoint", "--preset", "tiny", "-o", "r.pt", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    import torch
+
+    from mlsharp.model import build_model
+
+    state = torch.load(tmp_path / "r.pt", weights_only=True)
+    build_model("tiny").load_state_dict(state, strict=True)

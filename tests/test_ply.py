@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlsharp import _atomic
 from mlsharp.errors import ConfigError, MlsharpError
 from mlsharp.gaussians import Gaussians
-from mlsharp.splat import FORMATS, PlyFormatError, _atomic, read_ply, read_ply_raw, write, write_ply
+from mlsharp.splat import FORMATS, PlyFormatError, read_ply, read_ply_raw, write, write_ply
 from mlsharp.splat.ply import linear_to_srgb, ply_header
 
 plyfile = pytest.importorskip("plyfile")
@@ -62,6 +63,19 @@ C0 = np.sqrt(1.0 / (4.0 * np.pi))
 N = 1000
 FOCAL = 1234.5
 IMAGE_SIZE = (1001, 777)
+
+
+# The reference's element order (shared/reference/sharp_ply_format.md).
+ELEMENTS = [
+    "vertex",
+    "extrinsic",
+    "intrinsic",
+    "image_size",
+    "frame",
+    "disparity",
+    "color_space",
+    "version",
+]
 
 
 def make_gaussians(
@@ -138,16 +152,7 @@ def test_plyfile_reads_reference_layout(written: Path, gaussians: Gaussians) -> 
     assert ply.byte_order == "<" and not ply.text
     assert not ply.comments and not ply.obj_info
     names = [e.name for e in ply.elements]
-    assert names == [
-        "vertex",
-        "extrinsic",
-        "intrinsic",
-        "image_size",
-        "frame",
-        "disparity",
-        "color_space",
-        "version",
-    ]
+    assert names == ELEMENTS
     counts = [e.count for e in ply.elements]
     assert counts == [N, 16, 9, 2, 2, 2, 1, 3]
 
@@ -250,16 +255,7 @@ def test_round_trip(written: Path, gaussians: Gaussians) -> None:
 
 def test_read_ply_raw(written: Path, gaussians: Gaussians) -> None:
     raw = read_ply_raw(written)
-    assert list(raw) == [
-        "vertex",
-        "extrinsic",
-        "intrinsic",
-        "image_size",
-        "frame",
-        "disparity",
-        "color_space",
-        "version",
-    ]
+    assert list(raw) == ELEMENTS
     assert raw["vertex"].dtype.names[:3] == ("x", "y", "z")
     assert raw["vertex"].dtype.itemsize == 56
     assert raw["image_size"].dtype["image_size"] == np.dtype("<u4")

@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlsharp._atomic import atomic_path
 from mlsharp.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -211,16 +211,8 @@ def synthetic_state_dict(entries: Iterable[ManifestEntry]) -> dict[str, torch.Te
 def _atomic_torch_save(obj: Any, dest: Path) -> Path:
     import torch
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name next to dest (same file system, so os.replace is atomic); created by
-    # torch.save itself so the usual umask permissions apply.
-    tmp_name = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        torch.save(obj, tmp_name)
-        os.replace(tmp_name, dest)
-    except BaseException:
-        tmp_name.unlink(missing_ok=True)
-        raise
+    with atomic_path(dest) as tmp:
+        torch.save(obj, tmp)
     return dest
 
 

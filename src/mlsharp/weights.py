@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlsharp._atomic import fsync_directory
 from mlsharp._version import __version__
 from mlsharp.errors import CheckpointError, CheckpointNotFound, DownloadError
 
@@ -286,18 +287,6 @@ def _file_size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX only; best effort)."""
-    if sys.platform == "win32":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -558,7 +547,7 @@ def download(
             retry_delay=DEFAULT_RETRY_DELAY if retry_delay is None else retry_delay,
             bar=bar,
         )
-    _fsync_dir(dest.parent)
+    fsync_directory(dest.parent)
     return dest
 
 

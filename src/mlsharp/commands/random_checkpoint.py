@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
+
+from mlsharp._atomic import atomic_path
 
 
 def write_random_checkpoint(preset: str, dest: Path, *, seed: int = 0) -> Path:
@@ -20,13 +21,8 @@ def write_random_checkpoint(preset: str, dest: Path, *, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     state_dict = build_model(preset).state_dict()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    temp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state_dict, temp)
-        os.replace(temp, dest)
-    finally:
-        temp.unlink(missing_ok=True)
+    with atomic_path(dest) as tmp:
+        torch.save(state_dict, tmp)
     return dest
 
 

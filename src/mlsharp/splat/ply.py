@@ -19,9 +19,9 @@ from typing import BinaryIO
 
 import numpy as np
 
+from mlsharp._atomic import atomic_write
 from mlsharp.errors import MlsharpError
 from mlsharp.gaussians import Gaussians
-from mlsharp.splat._atomic import atomic_write
 
 __all__ = [
     "PLY_LAYOUT_VERSION",

@@ -3,14 +3,10 @@ MPS, then the CPU. Asking for a device that is not there is a :class:`DeviceErro
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
+from mlsharp.config import DEVICE_CHOICES
 from mlsharp.errors import ConfigError, DeviceError
-
-DeviceName = Literal["auto", "cpu", "cuda", "mps"]
-DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 
 
 def _mps_available() -> bool:

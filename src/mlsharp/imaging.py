@@ -146,7 +146,7 @@ def load_image(
     Raises ``InvalidImage`` for unreadable input, ``ImageTooLarge`` when a limit is
     exceeded and ``ConfigError`` for invalid arguments.
     """
-    user_focal = _check_focal_mm(focal_mm)
+    user_focal = check_focal_mm(focal_mm)
     _check_limit("max_pixels", max_pixels)
     _check_limit("max_bytes", max_bytes)
     label = _clean_name(name if name is not None else _default_name(source))
@@ -171,7 +171,8 @@ def load_image(
 # -- arguments and sources -------------------------------------------------------------
 
 
-def _check_focal_mm(focal_mm: float | None) -> float | None:
+def check_focal_mm(focal_mm: float | None) -> float | None:
+    """Validate a user focal length (35 mm equivalent): ``None`` or a finite number > 0."""
     if focal_mm is None:
         return None
     try:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlsharp.config import Settings
-from mlsharp.errors import ConfigError, MlsharpError, OutputExists
-from mlsharp.imaging import is_supported_path
+from mlsharp.errors import MlsharpError, OutputExists
+from mlsharp.imaging import check_focal_mm, is_supported_path
+
+if TYPE_CHECKING:
+    from mlsharp.engine import Engine
 
 
 @dataclass
@@ -80,14 +83,9 @@ def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mlsharp.engine import Engine
-    from mlsharp.imaging import load_image
-    from mlsharp.splat import write_ply
 
     settings = Settings.from_env(checkpoint=args.checkpoint, preset=args.preset, device=args.device)
-    if args.focal_mm is not None and not (math.isfinite(args.focal_mm) and args.focal_mm > 0):
-        raise ConfigError(
-            f"--focal-mm must be a positive number of millimetres, not {args.focal_mm}"
-        )
+    check_focal_mm(args.focal_mm)  # once, before any work, rather than once per image
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
         raise OutputExists(f"output {outdir} exists and is not a folder")
@@ -108,7 +106,7 @@ def run_predict(args: argparse.Namespace) -> int:
     bar = tqdm(plan.jobs, desc="predict", unit="image", file=sys.stderr, disable=args.quiet)
     for job in bar:
         try:
-            _predict_one(engine, job, args, load_image, write_ply)
+            _predict_one(engine, job, focal_mm=args.focal_mm, overwrite=args.overwrite)
         except MlsharpError as error:
             failed += 1
             _report(f"failed {job.source}: {error}")
@@ -121,13 +119,17 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _predict_one(engine, job: Job, args: argparse.Namespace, load_image, write_ply) -> None:
+def _predict_one(engine: Engine, job: Job, *, focal_mm: float | None, overwrite: bool) -> None:
+    """Decode, predict and write one photo, then print its timing line."""
+    from mlsharp.imaging import load_image
+    from mlsharp.splat import write_ply
+
     start = time.perf_counter()
-    image = load_image(job.source, focal_mm=args.focal_mm)
+    image = load_image(job.source, focal_mm=focal_mm)
     decode = time.perf_counter() - start
     gaussians = engine.predict(image)
     start = time.perf_counter()
-    if args.overwrite is False and job.dest.exists():
+    if not overwrite and job.dest.exists():  # created by someone else during the run
         raise OutputExists(f"{job.dest} appeared meanwhile; not overwriting it")
     write_ply(gaussians, job.dest)
     write = time.perf_counter() - start

@@ -6,6 +6,8 @@ Submodule names are the checkpoint's top-level prefixes (``feature_model``,
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
@@ -62,13 +64,5 @@ def build_model(
     ``load_state_dict(..., assign=True)``.
     """
     cfg = preset(config) if isinstance(config, str) else config
-    with torch.device(device) if device is not None else _nullcontext():
+    with torch.device(device) if device is not None else nullcontext():
         return SharpModel(cfg)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

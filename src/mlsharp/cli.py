@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from mlsharp._version import __version__
-from mlsharp.config import DEVICE_CHOICES, PRESET_CHOICES
+from mlsharp.choices import DEVICE_CHOICES, LOG_FORMATS, PRESET_CHOICES
 from mlsharp.errors import MlsharpError
 
 EXIT_INTERRUPTED = 130
@@ -71,6 +71,33 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--url", help="download from this URL instead of Apple's release")
     download.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+    serve = commands.add_parser(
+        "serve",
+        help="run the REST API (jobs, progress, results, webhooks, metrics)",
+        description="Serve the HTTP API on HOST:PORT. Jobs, results and the cache live in "
+        "the data directory and survive restarts. Settings: flags > MLSHARP_* environment > "
+        "--config file > defaults (see `mlsharp config show`).",
+    )
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--data-dir", metavar="DIR", help="jobs, results, cache ($MLSHARP_DATA_DIR)")
+    serve.add_argument("--config", metavar="FILE", help="YAML, JSON or TOML settings file")
+    _add_model_options(serve)
+    serve.add_argument(
+        "--workers", type=int, help="in-process inference workers (default 1; 0: API only)"
+    )
+    serve.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json logs")
+    serve.add_argument(
+        "--offline", action="store_true", default=None, help="never download the checkpoint"
+    )
+
+    config = commands.add_parser("config", help="show the effective settings")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION")
+    show = config_commands.add_parser(
+        "show", help="print the effective settings as JSON, secrets masked"
+    )
+    show.add_argument("--config", metavar="FILE", help="YAML, JSON or TOML settings file")
+
     random_ckpt = commands.add_parser(
         "random-checkpoint",
         help="write a randomly initialised (untrained) checkpoint for tests and demos",
@@ -99,6 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from mlsharp.commands.download import run_download
 
             return run_download(args)
+        if args.command == "serve":
+            from mlsharp.commands.serve import run_serve
+
+            return run_serve(args)
+        if args.command == "config":
+            from mlsharp.commands.serve import run_config
+
+            return run_config(args, parser)
         if args.command == "random-checkpoint":
             from mlsharp.commands.random_checkpoint import run_random_checkpoint
 

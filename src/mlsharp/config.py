@@ -1,52 +1,273 @@
-"""Settings shared by the front ends: command-line options > environment > defaults.
+"""One ``Settings`` object for every front end, built once and passed down.
 
-Environment variables (all optional):
+Precedence, highest first: command-line flags > ``MLSHARP_*`` environment variables >
+the config file (YAML, JSON or TOML, from ``--config FILE`` or ``$MLSHARP_CONFIG``) >
+defaults. Each field's environment variable is ``MLSHARP_`` + its name in capitals, e.g.
+``MLSHARP_DATA_DIR``, ``MLSHARP_API_KEYS`` (comma-separated), ``MLSHARP_RATE_LIMIT``.
 
-    MLSHARP_CHECKPOINT  path or URL of the .pt checkpoint (default: Apple's release, cached)
-    MLSHARP_PRESET      network preset: sharp (default) or tiny (tests and demos)
-    MLSHARP_DEVICE      auto (default), cpu, cuda or mps
-    MLSHARP_CACHE       where downloads are cached (default: the platform cache dir)
+``mlsharp config show`` prints the effective values with secrets masked.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import re
+import sys
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from mlsharp.choices import DEVICE_CHOICES, LOG_FORMATS, PRESET_CHOICES
 from mlsharp.errors import ConfigError
 
-PRESET_CHOICES: tuple[str, ...] = ("sharp", "tiny")
-DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+__all__ = ["DEVICE_CHOICES", "LOG_FORMATS", "PRESET_CHOICES", "Settings", "default_data_dir"]
+
+_RATE_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day|s|m|h|d)\s*$")
+_SECRET_FIELDS = frozenset({"api_keys"})
+MASK = "********"
+
+# The parsed config file for the Settings being built right now (see Settings.load).
+_config_file_values: ContextVar[dict[str, Any] | None] = ContextVar(
+    "_config_file_values", default=None
+)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Model and runtime settings; build with :meth:`from_env` and override per field."""
+def default_data_dir() -> Path:
+    """Where the service keeps jobs, results and its database unless told otherwise."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "mlsharp"
 
-    checkpoint: str | None = None
-    preset: str = "sharp"
-    device: str = "auto"
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """``"30/minute"`` -> ``(30, 60.0)``: requests allowed per window of seconds."""
+    match = _RATE_PATTERN.match(text)
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(
+            f"invalid rate {text!r}; write it as COUNT/UNIT, e.g. 30/minute (units: "
+            "second, minute, hour, day)"
+        )
+    window = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[match.group(2)[0]]
+    return int(match.group(1)), window
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a YAML, JSON or TOML settings file (chosen by suffix) into a dict."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {file}: {e.strerror or e}") from None
+    suffix = file.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        elif suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            raise ConfigError(f"config file {file}: use a .yaml, .yml, .json or .toml file")
+    except ConfigError:
+        raise
+    except Exception as e:  # each parser has its own error type; all mean "bad syntax"
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"config file {file} is not valid {suffix[1:]}: {first_line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file} must hold a mapping of setting names to values")
+    # Accept both `data_dir` and `data-dir` spellings in files.
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Values from the config file chosen in :meth:`Settings.load`."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        values = _config_file_values.get() or {}
+        return values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = _config_file_values.get() or {}
+        return {k: v for k, v in values.items() if k in self.settings_cls.model_fields}
+
+
+class Settings(BaseSettings):
+    """Every knob of mlsharp; see docs/configuration in docs/api.md for the full table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLSHARP_", extra="forbid", frozen=True, validate_default=True
+    )
+
+    # --- the model (shared with `mlsharp predict`) ---
+    checkpoint: str | None = Field(None, description="path or URL of the .pt checkpoint")
+    preset: Literal["sharp", "tiny"] = Field("sharp", description="network preset")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    offline: bool = Field(False, description="never download the checkpoint")
+
+    # --- the service ---
+    host: str = Field("127.0.0.1", description="address `mlsharp serve` listens on")
+    port: int = Field(8000, ge=1, le=65535, description="port `mlsharp serve` listens on")
+    data_dir: Path = Field(
+        default_factory=default_data_dir, description="jobs, results, cache and database"
+    )
+    public_url: str | None = Field(
+        None, description="external base URL (https://host) for absolute links in webhooks"
+    )
+    workers: int = Field(
+        1, ge=0, le=64, description="in-process inference workers (0: API only, no inference)"
+    )
+    max_upload_bytes: int = Field(64 * 2**20, ge=1, description="largest accepted request body")
+    max_pixels: int = Field(50_000_000, ge=1, description="largest accepted image (width*height)")
+    max_queue: int = Field(100, ge=1, description="queued jobs before new ones get 503")
+    max_batch_files: int = Field(50, ge=1, description="images accepted in one batch")
+    result_ttl_hours: float = Field(
+        168.0, ge=0, description="hours finished jobs stay downloadable (0: forever)"
+    )
+    sync_timeout_seconds: float = Field(
+        600.0, gt=0, description="how long POST /v1/predict waits for its job"
+    )
+    default_formats: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["ply"], description="output formats when a job names none"
+    )
+    cache_enabled: bool = Field(True, description="reuse results for identical inputs")
+    cache_max_bytes: int = Field(2 * 2**30, ge=0, description="disk budget of the result cache")
+
+    # --- access control ---
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="accepted API keys (comma-separated); empty: open"
+    )
+    rate_limit: str | None = Field(None, description="requests per key, e.g. 30/minute")
+    protect_health: bool = Field(False, description="require a key for /v1/health and /v1/ready")
+    protect_metrics: bool = Field(False, description="require a key for /metrics")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed by CORS (comma-separated)"
+    )
+
+    # --- webhooks ---
+    webhook_allow_private: bool = Field(
+        False, description="allow webhook URLs on loopback/private/link-local addresses"
+    )
+    webhook_max_attempts: int = Field(6, ge=1, le=50, description="delivery attempts per event")
+    webhook_backoff_seconds: float = Field(
+        2.0, ge=0, description="delay before the first retry; doubles after each failure"
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="per-delivery HTTP timeout")
+
+    # --- logging ---
+    log_format: Literal["text", "json"] = Field("text", description="text or json log lines")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+
+    @field_validator("api_keys", "cors_origins", "default_formats", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("public_url must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        kind, _, index = value.partition(":")
+        if kind not in DEVICE_CHOICES or (index and not index.isdigit()):
+            raise ValueError(f"unknown device {value!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        if value in (None, "", "none", "off"):
+            return None
+        parse_rate(value)
+        return value
+
+    @field_validator("log_level", "log_format", "preset", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @classmethod
-    def from_env(cls, **overrides: str | None) -> Settings:
-        """Read ``MLSHARP_*`` variables; non-``None`` keyword overrides win."""
-        values = {
-            "checkpoint": os.environ.get("MLSHARP_CHECKPOINT") or None,
-            "preset": os.environ.get("MLSHARP_PRESET") or "sharp",
-            "device": os.environ.get("MLSHARP_DEVICE") or "auto",
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)
-        settings.validate()
-        return settings
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (init arguments) > environment > config file > defaults."""
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` for values outside the allowed choices."""
-        if self.preset not in PRESET_CHOICES:
-            raise ConfigError(
-                f"unknown preset {self.preset!r}; choose one of {', '.join(PRESET_CHOICES)}"
-            )
-        if self.device.split(":", 1)[0] not in DEVICE_CHOICES:
-            raise ConfigError(
-                f"unknown device {self.device!r}; choose one of {', '.join(DEVICE_CHOICES)}"
-            )
+    @classmethod
+    def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+        """Build the effective settings; ``None`` overrides (flags not given) are ignored.
+
+        ``config_file`` defaults to ``$MLSHARP_CONFIG``. Raises :class:`ConfigError` with
+        one readable line for any invalid value.
+        """
+        path = config_file or os.environ.get("MLSHARP_CONFIG") or None
+        file_values = read_config_file(path) if path else {}
+        unknown = sorted(set(file_values) - set(cls.model_fields))
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown setting {unknown[0]!r}")
+        token = _config_file_values.set(file_values)
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as e:
+            raise ConfigError(_describe_validation_error(e)) from None
+        finally:
+            _config_file_values.reset(token)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Alias of :meth:`load` without an explicit config file (kept for the CLI)."""
+        return cls.load(None, **overrides)
+
+    def rate(self) -> tuple[int, float] | None:
+        """The parsed :attr:`rate_limit`, or ``None`` when unlimited."""
+        return parse_rate(self.rate_limit) if self.rate_limit else None
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as JSON-ready values with secrets replaced by a mask."""
+        values = self.model_dump(mode="json")
+        for name in _SECRET_FIELDS:
+            if values.get(name):
+                values[name] = [MASK for _ in values[name]]
+        return values
+
+
+def _describe_validation_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "settings"
+    message = first["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    return f"invalid setting {where} (MLSHARP_{where.upper()}): {message}"

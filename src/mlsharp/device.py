@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mlsharp.config import DEVICE_CHOICES
+from mlsharp.choices import DEVICE_CHOICES
 from mlsharp.errors import ConfigError, DeviceError
 
 

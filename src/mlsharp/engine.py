@@ -11,6 +11,7 @@ reused for every image. Nothing else in mlsharp touches the device.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,12 +81,18 @@ class Engine:
         return self.model.internal_resolution
 
     @torch.inference_mode()
-    def predict(self, image: LoadedImage) -> Gaussians:
+    def predict(
+        self, image: LoadedImage, *, on_stage: Callable[[str], None] | None = None
+    ) -> Gaussians:
         """Predict metric 3D Gaussians for one decoded image.
 
-        The returned ``Gaussians.metadata["timings"]`` holds a :class:`StageTimes`.
+        ``on_stage`` is called with ``"preprocess"``, ``"inference"`` and ``"postprocess"``
+        as each stage starts (the service turns them into job progress). The returned
+        ``Gaussians.metadata["timings"]`` holds a :class:`StageTimes`.
         """
+        report = on_stage or (lambda stage: None)
         times = StageTimes()
+        report("preprocess")
         start = time.perf_counter()
         pixels = torch.from_numpy(image.to_float32()).to(self.device).permute(2, 0, 1)
         size = self.internal_resolution
@@ -97,11 +104,13 @@ class Engine:
         _synchronize(self.device)
         times.preprocess = time.perf_counter() - start
 
+        report("inference")
         start = time.perf_counter()
         composed = self.model(resized, disparity_factor)
         _synchronize(self.device)
         times.inference = time.perf_counter() - start
 
+        report("postprocess")
         start = time.perf_counter()
         gaussians = unproject(
             composed, focal_px=image.focal_px, image_size=(image.width, image.height)

@@ -13,7 +13,16 @@ maps ``http_status`` to a JSON error. Anything that is *not* an ``MlsharpError``
     │   └── DownloadError     the download failed (network, size or checksum mismatch)
     ├── DeviceError           the requested device is unavailable
     ├── OutputExists          the output file exists and overwriting was not asked for
-    └── ConfigError           an invalid option or setting value
+    ├── ConfigError           an invalid option or setting value
+    └── RequestError          the service refuses a request (the HTTP 4xx/503 family)
+        ├── BadRequest        malformed parameters (400/422)
+        ├── PayloadTooLarge   the request body exceeds the configured limit (413)
+        ├── Unauthorized      no API key was sent (401)
+        ├── Forbidden         the API key is wrong (403)
+        ├── NotFound          no such job, batch, webhook or result (404)
+        ├── Conflict          the request clashes with the resource's state (409)
+        ├── RateLimited       too many requests for this key (429, with retry_after)
+        └── QueueFull         the job queue is at its limit (503, with retry_after)
 """
 
 from __future__ import annotations
@@ -84,3 +93,78 @@ class ConfigError(MlsharpError):
     exit_code = 2
     http_status = 400
     code = "invalid_config"
+
+
+class RequestError(MlsharpError):
+    """The service refuses a request; ``http_status`` is the response status."""
+
+    http_status = 400
+    code = "bad_request"
+    #: Seconds a client should wait before retrying (sent as ``Retry-After``), if any.
+    retry_after: float | None = None
+
+
+class BadRequest(RequestError):
+    """Malformed or invalid request parameters."""
+
+    def __init__(self, message: str, *, status: int = 400, code: str = "bad_request"):
+        super().__init__(message)
+        self.http_status = status
+        self.code = code
+
+
+class PayloadTooLarge(RequestError):
+    """The request body is larger than ``max_upload_bytes``."""
+
+    http_status = 413
+    code = "payload_too_large"
+
+
+class Unauthorized(RequestError):
+    """An API key is required and none was sent."""
+
+    http_status = 401
+    code = "unauthorized"
+
+
+class Forbidden(RequestError):
+    """The API key sent is not valid."""
+
+    http_status = 403
+    code = "forbidden"
+
+
+class NotFound(RequestError):
+    """The job, batch, webhook or result does not exist (or has expired)."""
+
+    http_status = 404
+    code = "not_found"
+
+
+class Conflict(RequestError):
+    """The request clashes with the resource's current state."""
+
+    http_status = 409
+    code = "conflict"
+
+
+class RateLimited(RequestError):
+    """The client exceeded its request rate."""
+
+    http_status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QueueFull(RequestError):
+    """The job queue is full; the client should retry later."""
+
+    http_status = 503
+    code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: float = 5.0):
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -17,6 +17,8 @@ from mlsharp.splat.ply import PlyFormatError, read_ply, read_ply_raw, write_ply
 
 __all__ = [
     "FORMATS",
+    "MEDIA_TYPES",
+    "SUFFIXES",
     "PlyFormatError",
     "SplatFormat",
     "read_ply",
@@ -37,6 +39,13 @@ _WRITERS: dict[str, Writer] = {
 
 #: The available output formats, in registry order.
 FORMATS: tuple[str, ...] = tuple(_WRITERS)
+
+#: File name suffix of each format (what follows the scene's stem).
+SUFFIXES: dict[str, str] = {"ply": ".ply"}
+
+#: HTTP media type of each format. PLY has no registered type; ``application/x-ply`` is
+#: the conventional unregistered one.
+MEDIA_TYPES: dict[str, str] = {"ply": "application/x-ply"}
 
 
 def write(gaussians: Gaussians, dest: str | os.PathLike[str], format: SplatFormat = "ply") -> Path:

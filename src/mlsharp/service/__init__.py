@@ -1,0 +1,1 @@
+"""The HTTP service behind ``mlsharp serve``: ``create_app(settings)`` builds it."""

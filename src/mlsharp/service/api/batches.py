@@ -1,0 +1,227 @@
+"""``/v1/batches``: several photos (or one zip of photos) at once, and a zip of all results."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from mlsharp.errors import BadRequest, Conflict, MlsharpError, NotFound
+from mlsharp.imaging import is_supported_path
+from mlsharp.service.api.jobs import _ERRORS, read_upload
+from mlsharp.service.deps import Owner, State, base_url
+from mlsharp.service.jobs import BatchRecord, JobRecord, JobStatus, new_id
+from mlsharp.service.schemas import BatchPublic
+from mlsharp.service.state import ServiceState
+from mlsharp.service.submit import Submission, parse_formats, submit
+from mlsharp.service.views import iso, job_view
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+class Rejected(BaseModel):
+    """An image of a batch that was not accepted, and why."""
+
+    name: str
+    error: str
+    message: str
+
+
+class BatchCreated(BatchPublic):
+    """A new batch: its jobs, plus the images that were refused."""
+
+    rejected: list[Rejected]
+
+
+def _expand_zip(data: bytes, state: ServiceState) -> list[tuple[str, bytes]]:
+    """The supported images inside a zip (by extension), within the configured limits."""
+    limit = state.settings.max_upload_bytes
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = [
+            m
+            for m in archive.infolist()
+            if not m.is_dir()
+            and not PurePosixPath(m.filename).name.startswith(".")
+            and "__MACOSX" not in m.filename
+            and is_supported_path(m.filename)
+        ]
+        if len(members) > state.settings.max_batch_files:
+            raise BadRequest(
+                f"the zip holds {len(members)} images; at most "
+                f"{state.settings.max_batch_files} are accepted per batch",
+                status=413,
+                code="too_many_files",
+            )
+        if sum(m.file_size for m in members) > 8 * limit:  # bounds a zip bomb
+            raise BadRequest(
+                "the zip expands to more than the allowed size",
+                status=413,
+                code="payload_too_large",
+            )
+        return [(PurePosixPath(m.filename).name, archive.read(m)) for m in members]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError):
+        raise BadRequest("the zip file is corrupt", status=422, code="invalid_zip") from None
+
+
+def batch_view(state: ServiceState, batch: BatchRecord) -> BatchPublic:
+    """A batch with its jobs and overall status."""
+    jobs = state.store.jobs_of_batch(batch.job_ids)
+    counts = {s.value: 0 for s in JobStatus}
+    for job in jobs:
+        counts[job.status.value] += 1
+    finished = all(job.terminal for job in jobs)
+    started = any(job.status is not JobStatus.QUEUED for job in jobs)
+    base = base_url(state)
+    return BatchPublic(
+        id=batch.id,
+        status="completed" if finished else "running" if started else "queued",
+        counts=counts,
+        jobs=[job_view(j, base) for j in jobs],
+        archive_url=f"{base}/v1/batches/{batch.id}/archive",
+        created_at=iso(batch.created_at) or "",
+    )
+
+
+def _find_batch(state: ServiceState, batch_id: str, owner: str | None) -> BatchRecord:
+    batch = state.store.get_batch(batch_id)
+    if batch is None or (owner is not None and batch.owner != owner):
+        raise NotFound(f"no batch {batch_id!r}")
+    return batch
+
+
+@router.post("", status_code=202, response_model=BatchCreated, responses=_ERRORS)
+async def create_batch(
+    state: State,
+    owner: Owner,
+    files: Annotated[list[UploadFile], File(description="photos, or a single .zip of photos")],
+    focal_mm: Annotated[float | None, Form(gt=0, le=10000)] = None,
+    formats: Annotated[str | None, Form(max_length=200)] = None,
+) -> BatchCreated:
+    """One job per image. Images that fail validation are listed in ``rejected``."""
+    wanted = parse_formats(formats, state.settings.default_formats)
+    items = [await read_upload(f) for f in files]
+    if len(items) == 1 and items[0][0].startswith(_ZIP_MAGIC):
+        items = [(data, name) for name, data in _expand_zip(items[0][0], state)]
+    if not items:
+        raise BadRequest("the batch holds no images", status=422, code="empty_batch")
+    if len(items) > state.settings.max_batch_files:
+        raise BadRequest(
+            f"at most {state.settings.max_batch_files} images per batch",
+            status=413,
+            code="too_many_files",
+        )
+    batch_id = new_id("batch")
+    jobs: list[JobRecord] = []
+    rejected: list[Rejected] = []
+    for data, name in items:
+        sub = Submission(
+            data=data,
+            filename=name,
+            focal_mm=focal_mm,
+            formats=wanted,
+            owner=owner,
+            batch_id=batch_id,
+        )
+        try:
+            job, _ = await run_in_threadpool(submit, state, sub)
+            jobs.append(job)
+        except MlsharpError as error:  # bad image, queue full...: report it, go on
+            rejected.append(Rejected(name=name, error=error.code, message=str(error)))
+    if not jobs:
+        first = rejected[0]
+        raise BadRequest(
+            f"no image of the batch was accepted; first: {first.name}: {first.message}",
+            status=422,
+            code=first.error,
+        )
+    batch = state.store.add_batch(
+        BatchRecord(id=batch_id, job_ids=tuple(j.id for j in jobs), owner=owner)
+    )
+    view = batch_view(state, batch)
+    return BatchCreated(**view.model_dump(), rejected=rejected)
+
+
+@router.get("/{batch_id}", response_model=BatchPublic, responses=_ERRORS)
+def get_batch(batch_id: str, state: State, owner: Owner) -> BatchPublic:
+    """The batch's jobs and counts per status."""
+    return batch_view(state, _find_batch(state, batch_id, owner))
+
+
+@router.get(
+    "/{batch_id}/archive",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}}, **_ERRORS},
+)
+def batch_archive(
+    batch_id: str, state: State, owner: Owner, partial: bool = False
+) -> StreamingResponse:
+    """A zip of every succeeded job's result files, streamed as it is built.
+
+    Until all jobs are finished this is ``409`` unless ``partial=true``.
+    """
+    batch = _find_batch(state, batch_id, owner)
+    jobs = state.store.jobs_of_batch(batch.job_ids)
+    if not partial and not all(j.terminal for j in jobs):
+        raise Conflict("the batch is not finished yet; retry later or pass partial=true")
+    files = _archive_members(state, jobs)
+    return StreamingResponse(
+        _stream_zip(files),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{batch_id}.zip"'},
+    )
+
+
+def _archive_members(state: ServiceState, jobs: list[JobRecord]) -> list[tuple[str, object]]:
+    members, used = [], set()
+    for job in jobs:
+        if job.status is not JobStatus.SUCCEEDED:
+            continue
+        for name in job.outputs.values():
+            path = state.storage.output_path(job.id, name)
+            if not path.is_file():
+                continue
+            arcname = name
+            if arcname in used:  # two photos with the same name: keep both
+                arcname = f"{job.id}/{name}"
+            used.add(arcname)
+            members.append((arcname, path))
+    return members
+
+
+class _Pipe(io.RawIOBase):
+    """A write-only, non-seekable sink whose written bytes are collected for streaming."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        self.chunks.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data, self.chunks = b"".join(self.chunks), []
+        return data
+
+
+def _stream_zip(members: list[tuple[str, object]]) -> Iterator[bytes]:
+    sink = _Pipe()
+    # PLY data compresses poorly and fast download matters more: store, don't deflate.
+    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as archive:
+        for arcname, path in members:
+            with open(path, "rb") as source, archive.open(arcname, "w", force_zip64=True) as dest:
+                while chunk := source.read(1 << 20):
+                    dest.write(chunk)
+                    yield sink.take()
+    yield sink.take()

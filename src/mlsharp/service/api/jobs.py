@@ -1,0 +1,242 @@
+"""``/v1/jobs``: submit a photo, follow it, download its result, cancel or delete it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, StreamingResponse
+
+from mlsharp.errors import BadRequest, Conflict, NotFound
+from mlsharp.service.deps import Owner, State, base_url
+from mlsharp.service.jobs import JobRecord, JobStatus
+from mlsharp.service.schemas import ErrorBody, JobCreated, JobPage, JobPublic
+from mlsharp.service.state import ServiceState
+from mlsharp.service.submit import (
+    Submission,
+    check_idempotency_key,
+    clean_filename,
+    parse_formats,
+    submit,
+)
+from mlsharp.service.views import job_event_data, job_view
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+#: Seconds between keep-alive comments on an idle event stream.
+KEEPALIVE_SECONDS = 15.0
+_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422, 429, 503)}
+
+
+def find_job(state: ServiceState, job_id: str, owner: str | None) -> JobRecord:
+    """The job, if it exists and belongs to the caller; else :class:`NotFound`."""
+    job = state.store.get(job_id)
+    if job is None or (owner is not None and job.owner != owner):
+        raise NotFound(f"no job {job_id!r} (it may have expired)")
+    return job
+
+
+async def read_upload(upload: UploadFile) -> tuple[bytes, str]:
+    """The bytes and a safe display name of an uploaded file."""
+    data = await upload.read()
+    if not data:
+        raise BadRequest("the uploaded file is empty", status=422, code="empty_file")
+    return data, clean_filename(upload.filename)
+
+
+@router.post("", status_code=202, response_model=JobCreated, responses=_ERRORS)
+async def create_job(
+    request: Request,
+    response: Response,
+    state: State,
+    owner: Owner,
+    file: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, TIFF, HEIC...)")],
+    focal_mm: Annotated[
+        float | None, Form(gt=0, le=10000, description="35 mm-equivalent focal length")
+    ] = None,
+    formats: Annotated[
+        str | None, Form(max_length=200, description="comma-separated output formats")
+    ] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JobCreated:
+    """Queue a photo for 3D prediction; answers at once with the job's id and status URL.
+
+    A cache hit returns a job that has already succeeded. The same ``Idempotency-Key``
+    with the same body returns the same job instead of a new one.
+    """
+    data, name = await read_upload(file)
+    sub = Submission(
+        data=data,
+        filename=name,
+        focal_mm=focal_mm,
+        formats=parse_formats(formats, state.settings.default_formats),
+        owner=owner,
+        idempotency_key=check_idempotency_key(idempotency_key),
+    )
+    job, replayed = await run_in_threadpool(submit, state, sub)
+    status_url = f"{base_url(state)}/v1/jobs/{job.id}"
+    response.headers["Location"] = status_url
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobCreated(id=job.id, status=job.status.value, status_url=status_url, cached=job.cached)
+
+
+@router.get("", response_model=JobPage, responses=_ERRORS)
+def list_jobs(
+    state: State,
+    owner: Owner,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    status: Annotated[JobStatus | None, Query()] = None,
+) -> JobPage:
+    """Jobs, newest first, a page at a time."""
+    jobs, total = state.store.list(limit=limit, offset=offset, status=status, owner=owner)
+    base = base_url(state)
+    following = None
+    if offset + len(jobs) < total:
+        following = f"{base}/v1/jobs?limit={limit}&offset={offset + limit}"
+        if status is not None:
+            following += f"&status={status.value}"
+    return JobPage(
+        items=[job_view(j, base) for j in jobs],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next=following,
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
+def get_job(job_id: str, state: State, owner: Owner) -> JobPublic:
+    """A job's status, stage, progress, timings, error and result links."""
+    return job_view(find_job(state, job_id, owner), base_url(state))
+
+
+@router.get(
+    "/{job_id}/events",
+    responses={200: {"content": {"text/event-stream": {}}}, **_ERRORS},
+    response_class=StreamingResponse,
+)
+async def job_events(job_id: str, request: Request, state: State, owner: Owner):
+    """Server-Sent Events: the job (as in ``GET /v1/jobs/{id}``) each time it changes.
+
+    Every event's ``data`` is the job as JSON; the stream ends after an ``event: end``
+    carrying the final state. Comments (``: keep-alive``) keep idle connections open.
+    """
+    find_job(state, job_id, owner)
+    stream = _event_stream(job_id, request, state)
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _event_stream(job_id: str, request: Request, state: ServiceState) -> AsyncIterator[str]:
+    base = base_url(state)
+    last_version = -1
+    last_sent = time.monotonic()
+    yield "retry: 2000\n\n"
+    while True:
+        job = state.store.get(job_id)
+        if job is None:
+            yield 'event: end\ndata: {"deleted": true}\n\n'
+            return
+        if job.version != last_version:
+            last_version = job.version
+            last_sent = time.monotonic()
+            data = json.dumps(job_event_data(job, base), separators=(",", ":"))
+            yield f"id: {job.version}\ndata: {data}\n\n"
+            if job.terminal:
+                yield f"event: end\ndata: {data}\n\n"
+                return
+        if await request.is_disconnected():
+            return
+        await state.notifier.wait(timeout=1.0)
+        if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
+            last_sent = time.monotonic()
+            yield ": keep-alive\n\n"
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    responses={202: {"model": JobPublic}, **_ERRORS},
+)
+def delete_job(job_id: str, state: State, owner: Owner) -> Response:
+    """Cancel a queued or running job (202 with the job), or delete a finished one (204)."""
+    job = find_job(state, job_id, owner)
+    if job.status is JobStatus.QUEUED:
+        canceled = state.store.cancel_queued(job_id)
+        if canceled is not None:
+            state.notifier.notify()
+            return _json(job_view(canceled, base_url(state)), 202)
+        job = find_job(state, job_id, owner)  # a worker claimed it meanwhile
+    if job.status is JobStatus.RUNNING:
+        job = state.store.update(job_id, cancel_requested=True)
+        state.notifier.notify()
+        return _json(job_view(job, base_url(state)), 202)
+    state.store.delete(job_id)
+    state.storage.delete_job(job_id)
+    state.notifier.notify()
+    return Response(status_code=204)
+
+
+def _json(model: JobPublic, status: int) -> Response:
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+
+
+@router.get(
+    "/{job_id}/result",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, **_ERRORS},
+)
+def job_result(
+    job_id: str,
+    request: Request,
+    state: State,
+    owner: Owner,
+    format: Annotated[str, Query(max_length=32, description="output format, e.g. ply")] = "ply",
+) -> Response:
+    """Download one result file (supports ``Range``, ``ETag`` and ``If-None-Match``)."""
+    from mlsharp.splat import MEDIA_TYPES
+
+    job = find_job(state, job_id, owner)
+    if job.status is not JobStatus.SUCCEEDED:
+        raise Conflict(f"job {job_id} is {job.status.value}; its result is not available")
+    name = job.outputs.get(format)
+    if name is None:
+        available = ", ".join(job.outputs) or "none"
+        raise NotFound(f"job {job_id} has no {format!r} result (available: {available})")
+    path = state.storage.output_path(job_id, name)
+    if not path.is_file():
+        raise NotFound(f"the {format} result of job {job_id} is no longer stored")
+    stat = path.stat()
+    etag = f'"{job.id}-{format}-{stat.st_size:x}-{stat.st_mtime_ns:x}"'
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers={"ETag": etag})
+    return FileResponse(
+        path,
+        media_type=MEDIA_TYPES.get(format, "application/octet-stream"),
+        filename=name,
+        headers={"ETag": etag, "Cache-Control": "private, max-age=3600"},
+    )
+
+
+async def wait_for_job(state: ServiceState, job_id: str, timeout: float) -> JobRecord | None:
+    """Wait until the job is finished (or ``timeout``); the last record seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = state.store.get(job_id)
+        if job is None or job.terminal:
+            return job
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return job
+        await state.notifier.wait(timeout=min(1.0, remaining))
+        await asyncio.sleep(0)

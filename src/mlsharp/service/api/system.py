@@ -1,0 +1,86 @@
+"""Health, readiness, figures and Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+
+from mlsharp._version import __version__
+from mlsharp.service.api.cache import cache_stats
+from mlsharp.service.api.jobs import _ERRORS
+from mlsharp.service.deps import Owner, State, guard_health, guard_metrics
+from mlsharp.service.metrics import CONTENT_TYPE
+from mlsharp.service.schemas import ErrorBody, Health, Ready, Stats
+
+router = APIRouter(tags=["system"])
+
+
+def _device(state: State) -> str | None:
+    engine = state.model.engine
+    return str(engine.device) if engine is not None else None
+
+
+@router.get(
+    "/v1/health", response_model=Health, dependencies=[Depends(guard_health)], responses=_ERRORS
+)
+def health() -> Health:
+    """Liveness: the process answers."""
+    return Health(status="ok", version=__version__)
+
+
+@router.get(
+    "/v1/ready",
+    response_model=Ready,
+    dependencies=[Depends(guard_health)],
+    responses={503: {"model": Ready}, **_ERRORS},
+)
+def ready(state: State, response: Response) -> Ready:
+    """Readiness: 200 once the model is loaded on its device, else 503."""
+    settings = state.settings
+    engine = state.model.engine
+    is_ready = engine is not None
+    if settings.workers == 0:  # an API-only node: ready without a model
+        is_ready = True
+    if not is_ready:
+        response.status_code = 503
+    return Ready(
+        ready=is_ready, device=_device(state), preset=settings.preset, error=state.model.error
+    )
+
+
+@router.get("/v1/stats", response_model=Stats, responses=_ERRORS)
+def stats(state: State, _owner: Owner) -> Stats:
+    """Device, memory, queue depth, job counts, cache, uptime and version."""
+    counts = state.store.counts()
+    return Stats(
+        version=__version__,
+        uptime_seconds=round(time.time() - state.started_at, 3),
+        device=_device(state),
+        preset=state.settings.preset,
+        model_loaded=state.model.engine is not None,
+        memory=state.device_memory(),
+        queue_depth=counts["queued"],
+        jobs=counts,
+        cache=cache_stats(state.cache),
+    )
+
+
+@router.get(
+    "/metrics",
+    dependencies=[Depends(guard_metrics)],
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {}}},
+        401: {"model": ErrorBody},
+        403: {"model": ErrorBody},
+        429: {"model": ErrorBody},
+    },
+)
+def metrics(state: State) -> Response:
+    """Prometheus exposition of requests, latency, stage durations, queue, cache, memory."""
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+HealthDep = Annotated[None, Depends(guard_health)]

@@ -1,0 +1,100 @@
+"""``create_app(settings)``: the FastAPI application of ``mlsharp serve``.
+
+Building the app opens nothing; the lifespan does, in order: open the stores under the
+data directory, put jobs a dead process left ``running`` back in the queue, start webhook
+delivery, start loading the model on a background thread, start the worker threads and
+the expiry sweep. Shutdown reverses it; queued jobs stay queued for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from mlsharp._version import __version__
+from mlsharp.config import Settings
+from mlsharp.service.api import batches, cache, jobs, predict, system, webhooks
+from mlsharp.service.http_errors import install_error_handlers
+from mlsharp.service.metrics import Metrics
+from mlsharp.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from mlsharp.service.state import ServiceState
+from mlsharp.service.worker import JobRunner, purge_expired
+
+log = logging.getLogger("mlsharp.service")
+
+#: Seconds between sweeps for expired jobs.
+EXPIRY_SWEEP_SECONDS = 300.0
+
+
+class _MetricsHolder:
+    """Lets the request middleware (built before the lifespan) reach the state's metrics."""
+
+    def __init__(self) -> None:
+        self.metrics = Metrics()
+
+    def observe_request(self, *args: object) -> None:
+        self.metrics.observe_request(*args)  # type: ignore[arg-type]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service as an ASGI app; the model and stores open in its lifespan."""
+    settings = settings or Settings.load()
+    holder = _MetricsHolder()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await asyncio.to_thread(ServiceState.build, settings)
+        holder.metrics = state.metrics
+        app.state.mlsharp = state
+        requeued = state.store.requeue_running()
+        if requeued:
+            log.info("requeued %d job(s) left running by a previous run", requeued)
+        state.webhooks.start()
+        runner = JobRunner(state, threads=settings.workers)
+        if settings.workers > 0:
+            threading.Thread(
+                target=state.load_model, name="mlsharp-model-loader", daemon=True
+            ).start()
+            runner.start()
+        sweeper = asyncio.create_task(_sweep_expired(state))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await asyncio.to_thread(runner.stop)
+            await asyncio.to_thread(state.close)
+
+    app = FastAPI(
+        title="MLSharp 3D Maker API",
+        version=__version__,
+        description="One photo in, a 3D Gaussian Splatting scene out (Apple's SHARP model).",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (jobs, batches, predict, webhooks, cache, system):
+        app.include_router(module.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Idempotency-Key", "Content-Type"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=holder)
+    return app
+
+
+async def _sweep_expired(state: ServiceState) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(purge_expired, state)
+        except OSError as error:  # a full or read-only disk must not stop the service
+            log.warning("expiry sweep failed: %s", error)
+        await asyncio.sleep(EXPIRY_SWEEP_SECONDS)

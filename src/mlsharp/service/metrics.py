@@ -1,0 +1,137 @@
+"""Prometheus metrics of one service instance (served at ``GET /metrics``).
+
+Each app gets its own registry, so several apps in one process (tests) do not clash.
+Counters and histograms are updated where things happen; the gauges that describe the
+current state (queue depth, running jobs, cache size, device memory) are read at scrape
+time from their owners through ``StateProbe`` callables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# The *_created series double the output for no use here (a process-wide switch).
+disable_created_metrics()
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+@dataclass
+class StateProbe:
+    """Callables returning the current values behind the state gauges."""
+
+    job_counts: Callable[[], dict[str, int]]
+    cache: Callable[[], dict[str, float]]
+    device_memory: Callable[[], dict[str, float]]
+
+
+class _StateCollector(Collector):
+    def __init__(self, probe: StateProbe) -> None:
+        self._probe = probe
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = self._probe.job_counts()
+        yield GaugeMetricFamily(
+            "mlsharp_queue_depth", "Jobs waiting in the queue", value=counts.get("queued", 0)
+        )
+        yield GaugeMetricFamily(
+            "mlsharp_jobs_running", "Jobs being processed now", value=counts.get("running", 0)
+        )
+        jobs = GaugeMetricFamily("mlsharp_jobs", "Jobs on record by status", labels=["status"])
+        for status, n in sorted(counts.items()):
+            jobs.add_metric([status], n)
+        yield jobs
+        cache = self._probe.cache()
+        for name, help_text in (
+            ("entries", "Entries in the result cache"),
+            ("bytes", "Bytes on disk used by the result cache"),
+            ("max_bytes", "Disk budget of the result cache"),
+            ("hits", "Result cache hits since the cache was created or cleared"),
+            ("misses", "Result cache misses since the cache was created or cleared"),
+        ):
+            yield GaugeMetricFamily(f"mlsharp_cache_{name}", help_text, value=cache.get(name, 0))
+        memory = GaugeMetricFamily(
+            "mlsharp_device_memory_bytes", "Memory of the inference device", labels=["kind"]
+        )
+        for kind, value in sorted(self._probe.device_memory().items()):
+            memory.add_metric([kind], value)
+        yield memory
+
+
+class Metrics:
+    """The service's metrics registry and its instruments."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "mlsharp_http_requests",
+            "HTTP requests by method, route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "mlsharp_http_request_duration_seconds",
+            "HTTP request latency by method, route and status",
+            ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "mlsharp_stage_duration_seconds",
+            "Seconds per job stage (decode, preprocess, inference, postprocess, write)",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.jobs_finished = Counter(
+            "mlsharp_jobs_finished",
+            "Jobs finished by final status",
+            ["status"],
+            registry=self.registry,
+        )
+        self.cache_lookups = Counter(
+            "mlsharp_cache_lookups",
+            "Result cache lookups by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_attempts = Counter(
+            "mlsharp_webhook_attempts",
+            "Webhook delivery attempts by event and outcome",
+            ["event", "outcome"],
+            registry=self.registry,
+        )
+
+    def attach(self, probe: StateProbe) -> None:
+        """Register the scrape-time gauges read from ``probe``."""
+        self.registry.register(_StateCollector(probe))
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one HTTP request and its latency."""
+        labels = (method, route, str(status))
+        self.requests.labels(*labels).inc()
+        self.latency.labels(*labels).observe(seconds)
+
+    def observe_stages(self, timings: dict[str, float]) -> None:
+        """Record the per-stage seconds of one finished job."""
+        for stage, seconds in timings.items():
+            if stage != "total":
+                self.stage_seconds.labels(stage).observe(seconds)
+
+    def render(self) -> bytes:
+        """The exposition text for ``GET /metrics``."""
+        return generate_latest(self.registry)

@@ -1,0 +1,192 @@
+"""The service's parts, built once per app from the settings and shared by every route.
+
+``ServiceState`` holds the settings, the job store, file storage, result cache, webhooks,
+metrics, limiter and the model. The model loads on a background thread started by the
+app's lifespan, so ``/v1/health`` answers at once and ``/v1/ready`` turns true when the
+weights are in memory; jobs submitted meanwhile wait in the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlsharp.config import Settings
+from mlsharp.service.auth import ApiKeys, RateLimiter, TokenBucketLimiter
+from mlsharp.service.cache import ResultCache
+from mlsharp.service.events import ChangeNotifier
+from mlsharp.service.jobs import SQLiteJobStore
+from mlsharp.service.metrics import Metrics, StateProbe
+from mlsharp.service.storage import LocalStorage
+from mlsharp.service.webhooks import WebhookService
+
+if TYPE_CHECKING:
+    from mlsharp.engine import Engine
+
+log = logging.getLogger("mlsharp.service")
+
+
+@dataclass
+class ModelSlot:
+    """The engine once loaded, or why it could not be; ``ready`` is set either way."""
+
+    engine: Engine | None = None
+    model_id: str | None = None
+    error: str | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class ServiceState:
+    """Everything a request handler or worker needs; see the module docstring."""
+
+    settings: Settings
+    store: SQLiteJobStore
+    storage: LocalStorage
+    cache: ResultCache
+    webhooks: WebhookService
+    metrics: Metrics
+    api_keys: ApiKeys
+    limiter: RateLimiter | None
+    notifier: ChangeNotifier
+    model: ModelSlot = field(default_factory=ModelSlot)
+    started_at: float = field(default_factory=time.time)
+    #: Called when new work is queued (the in-process runner sets it to wake its threads).
+    wake_workers: Any = None
+
+    @classmethod
+    def build(cls, settings: Settings) -> ServiceState:
+        """Open (or create) everything under ``settings.data_dir``."""
+        data_dir = Path(settings.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        metrics = Metrics()
+        rate = settings.rate()
+        state = cls(
+            settings=settings,
+            store=SQLiteJobStore(data_dir / "jobs.sqlite3"),
+            storage=LocalStorage(data_dir),
+            cache=ResultCache(
+                data_dir / "cache",
+                max_bytes=settings.cache_max_bytes,
+                enabled=settings.cache_enabled,
+            ),
+            webhooks=WebhookService(
+                data_dir / "webhooks.sqlite3",
+                allow_private=settings.webhook_allow_private,
+                max_attempts=settings.webhook_max_attempts,
+                backoff_seconds=settings.webhook_backoff_seconds,
+                timeout_seconds=settings.webhook_timeout_seconds,
+                on_attempt=lambda event, ok: metrics.webhook_attempts.labels(
+                    event, "ok" if ok else "error"
+                ).inc(),
+            ),
+            metrics=metrics,
+            api_keys=ApiKeys(settings.api_keys),
+            limiter=TokenBucketLimiter(*rate) if rate else None,
+            notifier=ChangeNotifier(),
+        )
+        metrics.attach(
+            StateProbe(
+                job_counts=state.store.counts,
+                cache=lambda: _cache_numbers(state.cache),
+                device_memory=state.device_memory,
+            )
+        )
+        return state
+
+    def load_model(self) -> None:
+        """Load the engine (runs on a background thread); records success or the error."""
+        from mlsharp.engine import Engine
+        from mlsharp.errors import MlsharpError
+
+        settings = self.settings
+        try:
+            engine = Engine.load(
+                settings.checkpoint,
+                preset=settings.preset,
+                device=settings.device,
+                download=not settings.offline,
+                progress=False,
+            )
+            digest = checkpoint_digest(engine.checkpoint, Path(settings.data_dir))
+            self.model.model_id = f"{settings.preset}:{digest}"
+            self.model.engine = engine
+            log.info("model ready: preset %s on %s", settings.preset, engine.device)
+        except MlsharpError as error:
+            self.model.error = str(error)
+            log.error("the model could not be loaded: %s", error)
+        finally:
+            self.model.ready.set()
+            if self.wake_workers is not None:
+                self.wake_workers()
+
+    def device_memory(self) -> dict[str, float]:
+        """Memory figures of the inference device (process RSS on the CPU)."""
+        engine = self.model.engine
+        if engine is not None and engine.device.type == "cuda":
+            import torch
+
+            return {
+                "allocated": float(torch.cuda.memory_allocated(engine.device)),
+                "reserved": float(torch.cuda.memory_reserved(engine.device)),
+                "total": float(torch.cuda.get_device_properties(engine.device).total_memory),
+            }
+        return {"process_rss": float(_process_rss())}
+
+    def close(self) -> None:
+        """Stop background delivery and close the databases."""
+        self.webhooks.close()
+        self.cache.close()
+        self.store.close()
+
+
+def _cache_numbers(cache: ResultCache) -> dict[str, float]:
+    stats = cache.stats()
+    return {
+        "entries": stats.entries,
+        "bytes": stats.bytes,
+        "max_bytes": stats.max_bytes,
+        "hits": stats.hits,
+        "misses": stats.misses,
+    }
+
+
+def _process_rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        import resource  # not on Windows; fine: /proc is Linux-only anyway
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def checkpoint_digest(path: Path | None, data_dir: Path) -> str:
+    """SHA-256 of the checkpoint, remembered per (path, size, mtime) in the data dir.
+
+    Part of every cache key, so results of different weights never mix. Hashing Apple's
+    2.6 GB file takes seconds, hence the memo.
+    """
+    from mlsharp.weights import sha256_file
+
+    if path is None:
+        return "unknown"
+    stat = path.stat()
+    memo_path = data_dir / "checkpoint-digests.json"
+    ident = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if ident not in memo:
+        memo[ident] = sha256_file(path)
+        from mlsharp._atomic import atomic_write
+
+        atomic_write(memo_path, [json.dumps(memo, indent=1).encode()])
+    return memo[ident]

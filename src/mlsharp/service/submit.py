@@ -1,0 +1,204 @@
+"""Accepting a photo: the one submission path behind ``/v1/jobs``, ``/v1/predict`` and batches.
+
+    bytes --validate & decode--> cache hit?  --yes--> a finished job at once
+                                             --no---> input stored, job queued, workers woken
+
+The photo is decoded here, in the request, so a bad upload gets its 4xx answer at once
+instead of a job that fails later; the decoded pixels also give the cache key.
+The input file is stored before the job record exists, so a worker never sees a job
+without its input, and a crash between the two leaves only an orphan file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from mlsharp.errors import BadRequest, QueueFull
+from mlsharp.imaging import load_image
+from mlsharp.service.cache import cache_key, link_or_copy
+from mlsharp.service.jobs import JobRecord, JobStatus, new_id
+from mlsharp.service.state import ServiceState
+from mlsharp.service.worker import output_name, publish_outcome
+
+_SUFFIX_BY_FORMAT = {
+    "JPEG": ".jpg",
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "TIFF": ".tif",
+    "BMP": ".bmp",
+    "GIF": ".gif",
+    "HEIF": ".heic",
+    "MPO": ".jpg",
+}
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One photo to process and how."""
+
+    data: bytes
+    filename: str
+    focal_mm: float | None = None
+    formats: tuple[str, ...] = ("ply",)
+    owner: str | None = None
+    idempotency_key: str | None = None
+    batch_id: str | None = None
+
+
+def parse_formats(raw: str | None, default: list[str]) -> tuple[str, ...]:
+    """``"ply,spz"`` -> ``("ply", "spz")``, checked against the available formats."""
+    from mlsharp.splat import FORMATS
+
+    names = [p.strip().lower() for p in (raw or "").split(",") if p.strip()] or list(default)
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown:
+        raise BadRequest(
+            f"unknown output format {unknown[0]!r}; available: {', '.join(FORMATS)}",
+            status=422,
+            code="invalid_format",
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def clean_filename(name: str | None) -> str:
+    """A safe display name for an uploaded file (no folders, no control characters)."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable()).strip()[:120]
+    return base or "image"
+
+
+def request_hash(sub: Submission) -> str:
+    """Digest of everything that defines the job, to compare idempotent retries."""
+    digest = hashlib.sha256(sub.data)
+    digest.update(json.dumps([sub.focal_mm, list(sub.formats)]).encode())
+    return digest.hexdigest()
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    """Validate an ``Idempotency-Key`` header value (printable ASCII, at most 255)."""
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise BadRequest(
+            "Idempotency-Key must be 1-255 printable ASCII characters without spaces",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+def submit(state: ServiceState, sub: Submission) -> tuple[JobRecord, bool]:
+    """Create (or find) the job for ``sub``; returns ``(job, replayed)``.
+
+    ``replayed`` is true when an earlier request with the same ``Idempotency-Key`` and
+    the same body created the job. Blocking (decodes the image): call from a thread.
+    Raises ``InvalidImage``/``ImageTooLarge``/``BadRequest``/``QueueFull``.
+    """
+    fingerprint = request_hash(sub)
+    if sub.idempotency_key:
+        earlier = _replay(state, sub, fingerprint)
+        if earlier is not None:
+            return earlier, True
+    settings = state.settings
+    image = load_image(
+        sub.data,
+        focal_mm=sub.focal_mm,
+        max_pixels=settings.max_pixels,
+        max_bytes=settings.max_upload_bytes,
+        name=sub.filename,
+    )
+    job = JobRecord(
+        id=new_id("job"),
+        input_name=sub.filename,
+        input_sha256=hashlib.sha256(sub.data).hexdigest(),
+        input_suffix=_SUFFIX_BY_FORMAT.get(image.format.upper(), ".img"),
+        focal_mm=sub.focal_mm,
+        formats=sub.formats,
+        owner=sub.owner,
+        idempotency_key=sub.idempotency_key,
+        request_hash=fingerprint,
+        batch_id=sub.batch_id,
+    )
+    model_id = state.model.model_id
+    if model_id is not None:
+        key = cache_key(image.pixels, focal_px=image.focal_px, model_id=model_id)
+        job = _with_cache_key(job, key)
+        hit = state.cache.get(key, sub.formats)
+        state.metrics.cache_lookups.labels("hit" if hit else "miss").inc()
+        if hit:
+            return _finish_from_cache(state, job, hit), False
+    _check_queue(state)
+    state.storage.save_input(job.id, sub.data, job.input_suffix)
+    try:
+        state.store.add(job)
+    except sqlite3.IntegrityError:  # a concurrent request with the same key won the race
+        state.storage.delete_job(job.id)
+        earlier = _replay(state, sub, fingerprint)
+        if earlier is None:
+            raise
+        return earlier, True
+    state.notifier.notify()
+    if state.wake_workers is not None:
+        state.wake_workers()
+    return job, False
+
+
+def _replay(state: ServiceState, sub: Submission, fingerprint: str) -> JobRecord | None:
+    assert sub.idempotency_key is not None
+    earlier = state.store.find_idempotent(sub.owner, sub.idempotency_key)
+    if earlier is not None and earlier.request_hash != fingerprint:
+        raise BadRequest(
+            "this Idempotency-Key was already used with a different request",
+            status=422,
+            code="idempotency_key_reused",
+        )
+    return earlier
+
+
+def _with_cache_key(job: JobRecord, key: str) -> JobRecord:
+    from dataclasses import replace
+
+    return replace(job, cache_key=key)
+
+
+def _check_queue(state: ServiceState) -> None:
+    queued = state.store.counts()["queued"]
+    if queued >= state.settings.max_queue:
+        raise QueueFull(f"the queue is full ({queued} jobs waiting); retry later", retry_after=10.0)
+
+
+def _finish_from_cache(state: ServiceState, job: JobRecord, files: dict) -> JobRecord:
+    """Record a job that is finished at birth, its files linked from the cache."""
+    from dataclasses import replace
+
+    out_dir = state.storage.output_dir(job.id)
+    outputs = {}
+    for fmt in job.formats:
+        name = output_name(job, fmt)
+        link_or_copy(files[fmt], out_dir / name)
+        outputs[fmt] = name
+    now = time.time()
+    done = replace(
+        job,
+        status=JobStatus.SUCCEEDED,
+        stage="done",
+        progress=1.0,
+        started_at=now,
+        finished_at=now,
+        outputs=outputs,
+        cached=True,
+    )
+    try:
+        state.store.add(done)
+    except sqlite3.IntegrityError:
+        state.storage.delete_job(job.id)
+        raise
+    state.metrics.jobs_finished.labels("succeeded").inc()
+    state.notifier.notify()
+    publish_outcome(state, done)
+    return done

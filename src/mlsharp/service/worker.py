@@ -1,0 +1,232 @@
+"""The embedded queue consumer: worker threads that run queued jobs through the library path.
+
+    stored input --load_image--> Engine.predict --splat.write--> result files --> job succeeded
+
+Each thread claims the oldest queued job from the store, so several threads (or several
+processes sharing the store) never run the same job twice. Inference itself is serialised
+per engine (one forward at a time per device); decoding and writing of other jobs overlap
+with it. A job's record is updated at each stage; the outcome is published to webhooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from mlsharp.errors import MlsharpError
+from mlsharp.service.cache import cache_key, link_or_copy
+from mlsharp.service.jobs import STAGES, JobRecord, JobStatus
+from mlsharp.service.state import ServiceState
+from mlsharp.service.views import job_event_data
+
+log = logging.getLogger("mlsharp.worker")
+
+#: Seconds an idle worker sleeps before looking at the store again without a wake-up
+#: (other processes may queue jobs in a shared store).
+IDLE_POLL_SECONDS = 1.0
+
+
+class JobCanceled(Exception):
+    """Raised inside a job when a client canceled it while it ran."""
+
+
+def output_name(job: JobRecord, fmt: str) -> str:
+    """The result file name of ``job`` in ``fmt``: ``<input stem><suffix>``."""
+    from mlsharp.splat import SUFFIXES
+
+    return f"{Path(job.input_name).stem or 'scene'}{SUFFIXES[fmt]}"
+
+
+class JobRunner:
+    """Threads that take queued jobs and run them; ``start``/``stop`` with the app."""
+
+    def __init__(self, state: ServiceState, threads: int = 1) -> None:
+        self.state = state
+        self.thread_count = threads
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._inference_lock = threading.Lock()
+        state.wake_workers = self.wake
+
+    def start(self) -> None:
+        """Start the worker threads."""
+        for index in range(self.thread_count):
+            thread = threading.Thread(
+                target=self._loop, name=f"mlsharp-worker-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self) -> None:
+        """Tell idle workers that there may be work."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the jobs in hand and stop; queued jobs stay queued for the next start."""
+        self._stop.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _loop(self) -> None:
+        state = self.state
+        state.model.ready.wait()
+        while not self._stop.is_set():
+            if state.model.engine is None:  # the model failed to load: keep jobs queued
+                self._stop.wait(IDLE_POLL_SECONDS * 5)
+                continue
+            job = state.store.claim_next()
+            if job is None:
+                self._wake.wait(IDLE_POLL_SECONDS)
+                self._wake.clear()
+                continue
+            state.notifier.notify()
+            self.run_job(job)
+
+    def run_job(self, job: JobRecord) -> None:
+        """Run one claimed job to its end, recording success, failure or cancellation."""
+        started = time.perf_counter()
+        try:
+            outputs, timings, cached = self._execute(job)
+        except JobCanceled:
+            self._finish(job, JobStatus.CANCELED, stage="canceled")
+        except MlsharpError as error:
+            self._finish(
+                job,
+                JobStatus.FAILED,
+                stage="failed",
+                error={"code": error.code, "message": str(error)},
+            )
+        except Exception:  # a bug: record the job as failed, keep the worker alive, log it
+            log.exception("job %s failed unexpectedly", job.id)
+            self._finish(
+                job,
+                JobStatus.FAILED,
+                stage="failed",
+                error={"code": "internal_error", "message": "the job failed unexpectedly"},
+            )
+        else:
+            timings["total"] = time.perf_counter() - started
+            self._finish(
+                job,
+                JobStatus.SUCCEEDED,
+                stage="done",
+                outputs=outputs,
+                timings=timings,
+                cached=cached,
+                progress=1.0,
+            )
+
+    def _execute(self, job: JobRecord) -> tuple[dict[str, str], dict[str, float], bool]:
+        from mlsharp.imaging import load_image
+
+        state = self.state
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        image = load_image(
+            state.storage.input_path(job.id, job.input_suffix),
+            focal_mm=job.focal_mm,
+            max_pixels=state.settings.max_pixels,
+            name=job.input_name,
+        )
+        timings["decode"] = time.perf_counter() - start
+        key = job.cache_key  # set when the submission already looked in the cache
+        if key is None and state.model.model_id is not None:
+            # Submitted before the model was loaded: look now (it may be a repeat).
+            key = cache_key(image.pixels, focal_px=image.focal_px, model_id=state.model.model_id)
+            hit = state.cache.get(key, job.formats)
+            state.metrics.cache_lookups.labels("hit" if hit else "miss").inc()
+            if hit:
+                return self._link_cached(job, hit), timings, True
+        engine = state.model.engine
+        assert engine is not None  # _loop only runs jobs once the model is loaded
+        with self._inference_lock:
+            gaussians = engine.predict(image, on_stage=lambda s: self._advance(job.id, s))
+        stage_times = gaussians.metadata["timings"]
+        timings.update(
+            preprocess=stage_times.preprocess,
+            inference=stage_times.inference,
+            postprocess=stage_times.postprocess,
+        )
+        self._advance(job.id, "write")
+        outputs, timings["write"] = self._write(job, gaussians)
+        if key is not None:
+            out_dir = state.storage.output_dir(job.id)
+            state.cache.put(key, {fmt: out_dir / name for fmt, name in outputs.items()})
+        return outputs, timings, False
+
+    def _write(self, job: JobRecord, gaussians: Any) -> tuple[dict[str, str], float]:
+        from mlsharp import splat
+
+        start = time.perf_counter()
+        out_dir = self.state.storage.output_dir(job.id)
+        outputs = {}
+        for fmt in job.formats:
+            name = output_name(job, fmt)
+            splat.write(gaussians, out_dir / name, fmt)  # atomic per file
+            outputs[fmt] = name
+        return outputs, time.perf_counter() - start
+
+    def _link_cached(self, job: JobRecord, files: dict[str, Path]) -> dict[str, str]:
+        out_dir = self.state.storage.output_dir(job.id)
+        outputs = {}
+        for fmt in job.formats:
+            name = output_name(job, fmt)
+            link_or_copy(files[fmt], out_dir / name)
+            outputs[fmt] = name
+        return outputs
+
+    def _advance(self, job_id: str, stage: str) -> None:
+        """Record that ``stage`` started; raises :class:`JobCanceled` if cancel was asked."""
+        try:
+            job = self.state.store.update(job_id, stage=stage, progress=STAGES[stage])
+        except KeyError:  # deleted while running
+            raise JobCanceled() from None
+        self.state.notifier.notify()
+        if job.cancel_requested:
+            raise JobCanceled()
+
+    def _finish(self, job: JobRecord, status: JobStatus, **changes: Any) -> None:
+        state = self.state
+        try:
+            final = state.store.update(job.id, status=status, finished_at=time.time(), **changes)
+        except KeyError:  # the job was deleted meanwhile; drop its files
+            state.storage.delete_job(job.id)
+            return
+        state.notifier.notify()
+        state.metrics.jobs_finished.labels(status.value).inc()
+        if status is JobStatus.SUCCEEDED and not final.cached:
+            state.metrics.observe_stages(final.timings)
+        publish_outcome(state, final)
+        log.info(
+            "job %s %s%s",
+            job.id,
+            status.value,
+            f" ({final.error['message']})" if final.error else "",
+        )
+
+
+def publish_outcome(state: ServiceState, job: JobRecord) -> None:
+    """Send ``job.succeeded`` / ``job.failed`` to subscribed webhooks (no network here)."""
+    event = {JobStatus.SUCCEEDED: "job.succeeded", JobStatus.FAILED: "job.failed"}.get(job.status)
+    if event is not None:
+        state.webhooks.publish(event, job_event_data(job, state.settings.public_url or ""))
+
+
+def purge_expired(state: ServiceState) -> int:
+    """Delete finished jobs older than the retention period; returns how many."""
+    ttl_hours = state.settings.result_ttl_hours
+    if ttl_hours <= 0:
+        return 0
+    expired = state.store.expired(time.time() - ttl_hours * 3600)
+    for job_id in expired:
+        state.store.delete(job_id)
+        state.storage.delete_job(job_id)
+    if expired:
+        log.info("removed %d expired job(s)", len(expired))
+    return len(expired)

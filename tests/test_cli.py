@@ -33,13 +33,15 @@ def _one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["predict", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--version"], ["predict", "--help"], ["serve", "--help"]]
+)
 def test_help_and_version_do_not_import_torch(args):
     code = (
         "import sys; from mlsharp.cli import main\n"
         f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
-        "assert 'mlsharp.model' not in sys.modules\n"
+        "for heavy in ('torch', 'mlsharp.model', 'fastapi', 'uvicorn', 'pydantic'):\n"
+        "    assert heavy not in sys.modules, heavy + ' was imported'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,215 @@
+"""Fixtures for service tests: a real uvicorn server on a free 127.0.0.1 port.
+
+``live_server(**settings)`` starts ``create_app(Settings(...))`` with the tiny model in a
+thread, waits until it answers, and stops it at teardown. ``serve_process(...)`` runs
+``mlsharp serve`` as a separate process (for restart tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import PARITY
+
+PHOTO = PARITY / "images" / "astronaut.jpg"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def jpeg_bytes(
+    width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 90, 30)
+) -> bytes:
+    """A small real JPEG; different colors give different cache keys."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@dataclass
+class LiveServer:
+    """A running server: its base URL, a client, its app and settings."""
+
+    url: str
+    client: httpx.Client
+    app: Any
+    settings: Any
+    data_dir: Path
+
+    @property
+    def state(self) -> Any:
+        """The app's ServiceState (for assertions on internals, used sparingly)."""
+        return self.app.state.mlsharp
+
+    def wait_job(self, job_id: str, timeout: float = 60.0, **headers: str) -> dict:
+        """Poll until the job is finished; returns its JSON."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+            if body.get("status") in ("succeeded", "failed", "canceled"):
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {body.get('status')} after {timeout}s")
+            time.sleep(0.05)
+
+    def submit(self, data: bytes | None = None, name: str = "photo.jpg", **kwargs: Any):
+        """POST /v1/jobs with one file."""
+        files = {"file": (name, data if data is not None else jpeg_bytes(), "image/jpeg")}
+        return self.client.post("/v1/jobs", files=files, **kwargs)
+
+
+@contextlib.contextmanager
+def run_live_server(
+    tmp_path: Path, tiny_checkpoint: Path, **overrides: Any
+) -> Iterator[LiveServer]:
+    """Start the app under uvicorn in a thread; stop it on exit."""
+    import uvicorn
+
+    from mlsharp.config import Settings
+    from mlsharp.service.app import create_app
+
+    values: dict[str, Any] = {
+        "preset": "tiny",
+        "checkpoint": str(tiny_checkpoint),
+        "device": "cpu",
+        "offline": True,
+        "data_dir": str(tmp_path / "data"),
+        "webhook_backoff_seconds": 0.05,
+    }
+    values.update(overrides)
+    settings = Settings(**values)
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
+    client = httpx.Client(base_url=url, timeout=60)
+    live = LiveServer(url, client, app, settings, Path(settings.data_dir))
+    if settings.workers > 0:
+        live.state.model.ready.wait(60)
+    try:
+        yield live
+    finally:
+        client.close()
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture()
+def live_server(tmp_path: Path, tiny_checkpoint: Path):
+    """Factory fixture: ``with live_server(**settings) as server: ...``."""
+
+    def start(**overrides: Any):
+        return run_live_server(tmp_path, tiny_checkpoint, **overrides)
+
+    return start
+
+
+@pytest.fixture()
+def server(live_server) -> Iterator[LiveServer]:
+    """A default server (tiny model, open access)."""
+    with live_server() as running:
+        yield running
+
+
+@dataclass
+class ServeProcess:
+    """``mlsharp serve`` in a child process."""
+
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the process and wait for it to exit; returns its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+    def log(self) -> str:
+        """Everything the server printed."""
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture()
+def serve_process(tmp_path: Path, tiny_checkpoint: Path) -> Iterator[Any]:
+    """Factory fixture starting ``mlsharp serve`` processes; all are killed at teardown."""
+    started: list[ServeProcess] = []
+
+    def start(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> ServeProcess:
+        port = free_port()
+        log_path = tmp_path / f"serve-{len(started)}.log"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLSHARP_")}
+        full_env.update(MLSHARP_CACHE=str(tmp_path / "cache"), **(env or {}))
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mlsharp",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--data-dir",
+                    str(data_dir),
+                    "--preset",
+                    "tiny",
+                    "--checkpoint",
+                    str(tiny_checkpoint),
+                    "--device",
+                    "cpu",
+                    "--offline",
+                    *extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+            )
+        handle = ServeProcess(process, f"http://127.0.0.1:{port}", log_path)
+        started.append(handle)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{handle.url}/v1/health", timeout=1).status_code == 200:
+                    return handle
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlsharp serve did not start:\n{handle.log()}")
+            time.sleep(0.1)
+
+    yield start
+    for handle in started:
+        if handle.process.poll() is None:
+            handle.process.kill()
+            handle.process.wait(10)

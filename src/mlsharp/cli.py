@@ -18,6 +18,16 @@ from mlsharp.errors import MlsharpError
 EXIT_INTERRUPTED = 130
 
 
+def _device_name(value: str) -> str:
+    """argparse type of ``--device``: one of the choices, or ``cuda:N``."""
+    kind, _, index = value.partition(":")
+    if kind not in DEVICE_CHOICES or (index and not (kind == "cuda" and index.isdigit())):
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {value!r} (choose from {', '.join(DEVICE_CHOICES)}, cuda:N)"
+        )
+    return value
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
@@ -32,7 +42,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--device",
-        choices=DEVICE_CHOICES,
+        type=_device_name,
+        metavar="{auto,cpu,cuda,cuda:N,mps}",
         help="compute device (default: auto = cuda, then mps, then cpu); $MLSHARP_DEVICE",
     )
 

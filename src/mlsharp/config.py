@@ -112,7 +112,7 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
 
 
 class Settings(BaseSettings):
-    """Every knob of mlsharp; see docs/configuration in docs/api.md for the full table."""
+    """Every knob of mlsharp; docs/configuration.md has the full table."""
 
     model_config = SettingsConfigDict(
         env_prefix="MLSHARP_", extra="forbid", frozen=True, validate_default=True
@@ -175,7 +175,9 @@ class Settings(BaseSettings):
 
     # --- logging ---
     log_format: Literal["text", "json"] = Field("text", description="text or json log lines")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="least severe log level shown"
+    )
 
     @field_validator("api_keys", "cors_origins", "default_formats", mode="before")
     @classmethod

@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Idempotency-Key", "Content-Type"],
+            expose_headers=["Location", "Idempotent-Replayed", "X-Request-ID", "Retry-After"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=holder)

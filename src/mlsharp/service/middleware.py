@@ -42,12 +42,14 @@ class RequestContextMiddleware:
         request_id = offered if _CLIENT_REQUEST_ID.match(offered) else secrets.token_hex(8)
         token = request_id_var.set(request_id)
         status = 500
+        status_started = False
         start = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, status_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                status_started = True
                 raw = list(message.get("headers", []))
                 if not any(k.lower() == b"x-request-id" for k, _ in raw):
                     raw.append((b"x-request-id", request_id.encode()))
@@ -56,6 +58,17 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # A bug escaped every handler. Answer here, while the request id is still
+            # set, so the 500 and its log line carry it (Starlette's last-resort
+            # handler runs outside this middleware).
+            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if status_started is False:
+                status = 500
+                response = error_response(
+                    scope["path"], 500, "internal_error", "internal server error; see the log"
+                )
+                await response(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
             route = _route_template(scope)

@@ -64,6 +64,9 @@ class JobPublic(BaseModel):
     timings: dict[str, float] = Field(description="seconds per stage")
     error: JobError | None
     cached: bool = Field(description="the result came from the cache")
+    cancel_requested: bool = Field(
+        description="a cancel was asked while running; it takes effect at the next stage"
+    )
     batch_id: str | None
     links: JobLinks
 
@@ -82,7 +85,7 @@ class PredictResult(BaseModel):
     """Answer of the synchronous ``POST /v1/predict`` (the earlier product's shape)."""
 
     task_id: str
-    status: str = Field(description="'success' or 'failed'")
+    status: str = Field(description="'success', 'failed' or 'canceled'")
     url: str | None = Field(description="download URL of the first requested format")
     urls: dict[str, str]
     processing_time: float = Field(description="seconds from submission to completion")

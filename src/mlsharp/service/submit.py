@@ -125,7 +125,7 @@ def submit(state: ServiceState, sub: Submission) -> tuple[JobRecord, bool]:
         batch_id=sub.batch_id,
     )
     model_id = state.model.model_id
-    if model_id is not None:
+    if model_id is not None and state.cache.enabled:
         key = cache_key(image.pixels, focal_px=image.focal_px, model_id=model_id)
         job = _with_cache_key(job, key)
         hit = state.cache.get(key, sub.formats)
@@ -195,9 +195,13 @@ def _finish_from_cache(state: ServiceState, job: JobRecord, files: dict) -> JobR
     )
     try:
         state.store.add(done)
-    except sqlite3.IntegrityError:
+    except sqlite3.IntegrityError:  # a concurrent request with the same key won the race
         state.storage.delete_job(job.id)
-        raise
+        assert job.idempotency_key is not None  # ids are random: only the key can clash
+        earlier = state.store.find_idempotent(job.owner, job.idempotency_key)
+        if earlier is None:
+            raise
+        return earlier
     state.metrics.jobs_finished.labels("succeeded").inc()
     state.notifier.notify()
     publish_outcome(state, done)

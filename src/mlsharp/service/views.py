@@ -46,6 +46,7 @@ def job_view(job: JobRecord, base: str = "") -> JobPublic:
         timings={k: round(v, 6) for k, v in job.timings.items()},
         error=JobError(**job.error) if job.error else None,
         cached=job.cached,
+        cancel_requested=job.cancel_requested,
         batch_id=job.batch_id,
         links=job_links(job, base),
     )

@@ -88,6 +88,9 @@ class Webhook:
     events: tuple[str, ...]
     secret: str
     created_at: float
+    #: The API-key identity that registered it (``None`` on an open service). A webhook
+    #: only sees events of its owner's jobs, and only its owner can see or delete it.
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -280,7 +283,8 @@ CREATE TABLE IF NOT EXISTS webhook_endpoints (
     url TEXT NOT NULL,
     events TEXT NOT NULL,
     secret TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
     id TEXT PRIMARY KEY,
@@ -392,6 +396,7 @@ class WebhookService:
             events=tuple(json.loads(row["events"])),
             secret=row["secret"],
             created_at=row["created_at"],
+            owner=row["owner"],
         )
 
     def _notify_changed(self) -> None:
@@ -400,7 +405,7 @@ class WebhookService:
 
     # ----------------------------------------------------------------- endpoints
 
-    def create(self, url: str, events: Sequence[str]) -> Webhook:
+    def create(self, url: str, events: Sequence[str], owner: str | None = None) -> Webhook:
         """Register ``url`` for ``events`` (validated, de-duplicated) with a new secret.
 
         Raises ``BadRequest(422, "invalid_event")`` for no or unknown events and
@@ -429,35 +434,45 @@ class WebhookService:
             events=wanted,
             secret=new_secret(),
             created_at=time.time(),
+            owner=owner,
         )
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO webhook_endpoints (id, url, events, secret, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO webhook_endpoints (id, url, events, secret, created_at, owner)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     webhook.id,
                     webhook.url,
                     json.dumps(list(wanted)),
                     webhook.secret,
                     webhook.created_at,
+                    owner,
                 ),
             )
         return webhook
 
-    def list(self) -> list[Webhook]:
-        """All registered webhooks, oldest first."""
-        rows = self._query("SELECT * FROM webhook_endpoints ORDER BY created_at, rowid")
+    def list(self, owner: str | None = None) -> list[Webhook]:
+        """The webhooks registered by ``owner``, oldest first."""
+        rows = self._query(
+            "SELECT * FROM webhook_endpoints WHERE coalesce(owner, '') = ?"
+            " ORDER BY created_at, rowid",
+            (owner or "",),
+        )
         return [self._webhook(r) for r in rows]
 
-    def get(self, webhook_id: str) -> Webhook:
-        """The webhook ``webhook_id``; ``NotFound`` if there is none."""
-        rows = self._query("SELECT * FROM webhook_endpoints WHERE id = ?", (webhook_id,))
+    def get(self, webhook_id: str, owner: str | None = None) -> Webhook:
+        """The webhook ``webhook_id`` of ``owner``; ``NotFound`` if there is none."""
+        rows = self._query(
+            "SELECT * FROM webhook_endpoints WHERE id = ? AND coalesce(owner, '') = ?",
+            (webhook_id, owner or ""),
+        )
         if not rows:
             raise NotFound(f"no webhook {webhook_id!r}")
         return self._webhook(rows[0])
 
-    def delete(self, webhook_id: str) -> None:
+    def delete(self, webhook_id: str, owner: str | None = None) -> None:
         """Remove a webhook and its deliveries (pending ones are dropped); ``NotFound`` if none."""
+        self.get(webhook_id, owner)
         with self._tx() as conn:
             cur = conn.execute("DELETE FROM webhook_endpoints WHERE id = ?", (webhook_id,))
             if cur.rowcount == 0:
@@ -473,8 +488,8 @@ class WebhookService:
 
     # ----------------------------------------------------------------- deliveries
 
-    def publish(self, event: str, data: dict) -> list[str]:
-        """Queue ``event`` for every webhook subscribed to it; returns the delivery ids.
+    def publish(self, event: str, data: dict, owner: str | None = None) -> list[str]:
+        """Queue ``event`` for every webhook of ``owner`` subscribed to it; returns ids.
 
         The body is ``{"type": event, "timestamp": <ISO-8601 UTC>, "data": data}``. Only
         database rows are written and the dispatcher is woken: no network I/O here.
@@ -492,7 +507,11 @@ class WebhookService:
         body = json.dumps(payload, separators=(",", ":"))
         ids: list[str] = []
         with self._tx() as conn:
-            for row in conn.execute("SELECT id, events FROM webhook_endpoints").fetchall():
+            hooks = conn.execute(
+                "SELECT id, events FROM webhook_endpoints WHERE coalesce(owner, '') = ?",
+                (owner or "",),
+            ).fetchall()
+            for row in hooks:
                 if event not in json.loads(row["events"]):
                     continue
                 delivery_id = "msg_" + secrets.token_urlsafe(16)
@@ -508,9 +527,11 @@ class WebhookService:
             self._notify_changed()
         return ids
 
-    def deliveries(self, webhook_id: str, limit: int = 100) -> list[Delivery]:
+    def deliveries(
+        self, webhook_id: str, limit: int = 100, owner: str | None = None
+    ) -> list[Delivery]:
         """The latest ``limit`` deliveries of a webhook, newest first; ``NotFound`` if unknown."""
-        self.get(webhook_id)
+        self.get(webhook_id, owner)
         limit = max(0, int(limit))
         with self._lock:
             rows = self._conn.execute(

@@ -136,7 +136,7 @@ class JobRunner:
         )
         timings["decode"] = time.perf_counter() - start
         key = job.cache_key  # set when the submission already looked in the cache
-        if key is None and state.model.model_id is not None:
+        if key is None and state.model.model_id is not None and state.cache.enabled:
             # Submitted before the model was loaded: look now (it may be a repeat).
             key = cache_key(image.pixels, focal_px=image.focal_px, model_id=state.model.model_id)
             hit = state.cache.get(key, job.formats)
@@ -215,7 +215,8 @@ def publish_outcome(state: ServiceState, job: JobRecord) -> None:
     """Send ``job.succeeded`` / ``job.failed`` to subscribed webhooks (no network here)."""
     event = {JobStatus.SUCCEEDED: "job.succeeded", JobStatus.FAILED: "job.failed"}.get(job.status)
     if event is not None:
-        state.webhooks.publish(event, job_event_data(job, state.settings.public_url or ""))
+        data = job_event_data(job, state.settings.public_url or "")
+        state.webhooks.publish(event, data, owner=job.owner)
 
 
 def purge_expired(state: ServiceState) -> int:

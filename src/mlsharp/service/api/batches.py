@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 from typing import Annotated
@@ -15,12 +16,12 @@ from pydantic import BaseModel
 
 from mlsharp.errors import BadRequest, Conflict, MlsharpError, NotFound
 from mlsharp.imaging import is_supported_path
-from mlsharp.service.api.jobs import _ERRORS, read_upload
+from mlsharp.service.api.jobs import _ERRORS
 from mlsharp.service.deps import Owner, State, base_url
 from mlsharp.service.jobs import BatchRecord, JobRecord, JobStatus, new_id
 from mlsharp.service.schemas import BatchPublic
 from mlsharp.service.state import ServiceState
-from mlsharp.service.submit import Submission, parse_formats, submit
+from mlsharp.service.submit import Submission, clean_filename, parse_formats, submit
 from mlsharp.service.views import iso, job_view
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -68,7 +69,17 @@ def _expand_zip(data: bytes, state: ServiceState) -> list[tuple[str, bytes]]:
                 code="payload_too_large",
             )
         return [(PurePosixPath(m.filename).name, archive.read(m)) for m in members]
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError):
+    # zlib.error: corrupt deflate data; RuntimeError: encrypted member;
+    # NotImplementedError: unknown compression method.
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        OSError,
+        EOFError,
+        zlib.error,
+        RuntimeError,
+        NotImplementedError,
+    ):
         raise BadRequest("the zip file is corrupt", status=422, code="invalid_zip") from None
 
 
@@ -108,7 +119,7 @@ async def create_batch(
 ) -> BatchCreated:
     """One job per image. Images that fail validation are listed in ``rejected``."""
     wanted = parse_formats(formats, state.settings.default_formats)
-    items = [await read_upload(f) for f in files]
+    items = [(await f.read(), clean_filename(f.filename)) for f in files]
     if len(items) == 1 and items[0][0].startswith(_ZIP_MAGIC):
         items = [(data, name) for name, data in _expand_zip(items[0][0], state)]
     if not items:
@@ -122,6 +133,7 @@ async def create_batch(
     batch_id = new_id("batch")
     jobs: list[JobRecord] = []
     rejected: list[Rejected] = []
+    first_error: MlsharpError | None = None
     for data, name in items:
         sub = Submission(
             data=data,
@@ -132,17 +144,18 @@ async def create_batch(
             batch_id=batch_id,
         )
         try:
+            if not data:
+                raise BadRequest("the file is empty", status=422, code="empty_file")
             job, _ = await run_in_threadpool(submit, state, sub)
             jobs.append(job)
         except MlsharpError as error:  # bad image, queue full...: report it, go on
+            first_error = first_error or error
             rejected.append(Rejected(name=name, error=error.code, message=str(error)))
     if not jobs:
-        first = rejected[0]
-        raise BadRequest(
-            f"no image of the batch was accepted; first: {first.name}: {first.message}",
-            status=422,
-            code=first.error,
-        )
+        # Nothing accepted: answer with the first image's own error (its status, code
+        # and Retry-After), so a full queue is a 503 and an oversized photo a 413.
+        assert first_error is not None
+        raise first_error
     batch = state.store.add_batch(
         BatchRecord(id=batch_id, job_ids=tuple(j.id for j in jobs), owner=owner)
     )

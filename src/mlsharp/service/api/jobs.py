@@ -12,7 +12,7 @@ from fastapi import APIRouter, File, Form, Header, Query, Request, Response, Upl
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 
-from mlsharp.errors import BadRequest, Conflict, NotFound
+from mlsharp.errors import BadRequest, Conflict, NotFound, RequestError
 from mlsharp.service.deps import Owner, State, base_url
 from mlsharp.service.jobs import JobRecord, JobStatus
 from mlsharp.service.schemas import ErrorBody, JobCreated, JobPage, JobPublic
@@ -174,6 +174,7 @@ def delete_job(job_id: str, state: State, owner: Owner) -> Response:
     if job.status is JobStatus.QUEUED:
         canceled = state.store.cancel_queued(job_id)
         if canceled is not None:
+            state.metrics.jobs_finished.labels("canceled").inc()
             state.notifier.notify()
             return _json(job_view(canceled, base_url(state)), 202)
         job = find_job(state, job_id, owner)  # a worker claimed it meanwhile
@@ -217,6 +218,7 @@ def job_result(
     if not path.is_file():
         raise NotFound(f"the {format} result of job {job_id} is no longer stored")
     stat = path.stat()
+    check_range(request.headers.get("range"), stat.st_size)
     etag = f'"{job.id}-{format}-{stat.st_size:x}-{stat.st_mtime_ns:x}"'
     if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
@@ -226,6 +228,37 @@ def job_result(
         filename=name,
         headers={"ETag": etag, "Cache-Control": "private, max-age=3600"},
     )
+
+
+class RangeNotSatisfiable(RequestError):
+    """The ``Range`` asks for bytes beyond the end of the file."""
+
+    http_status = 416
+    code = "range_not_satisfiable"
+
+
+def check_range(header: str | None, size: int) -> None:
+    """Refuse malformed (400) or unsatisfiable (416) ``Range`` headers in the error schema.
+
+    Valid ones are served by ``FileResponse`` itself.
+    """
+    if header is None:
+        return
+    unit, _, spec = header.partition("=")
+    parts = [p.strip() for p in spec.split(",")] if spec else []
+    if unit.strip().lower() != "bytes" or not parts:
+        raise BadRequest(f"malformed Range header {header[:100]!r}", code="invalid_range")
+    satisfiable = False
+    for part in parts:
+        first, dash, last = part.partition("-")
+        if not dash or not (first or last) or not (first + last).isdigit():
+            raise BadRequest(f"malformed Range header {header[:100]!r}", code="invalid_range")
+        if first and last and int(last) < int(first):
+            raise BadRequest(f"malformed Range header {header[:100]!r}", code="invalid_range")
+        if (first and int(first) < size) or (not first and int(last) > 0):
+            satisfiable = True
+    if not satisfiable:
+        raise RangeNotSatisfiable(f"the range is outside the file's {size} bytes")
 
 
 async def wait_for_job(state: ServiceState, job_id: str, timeout: float) -> JobRecord | None:

@@ -49,32 +49,34 @@ def _delivery(d: Delivery) -> DeliveryPublic:
 
 
 @router.post("", status_code=201, response_model=WebhookCreated, responses=_ERRORS)
-async def create_webhook(body: WebhookCreate, state: State, _owner: Owner) -> WebhookCreated:
+async def create_webhook(body: WebhookCreate, state: State, owner: Owner) -> WebhookCreated:
     """Register a webhook; the answer holds the ``whsec_`` secret to verify signatures.
+
+    With API keys, a webhook receives events of its own key's jobs only.
 
     URLs that resolve to loopback, private or link-local addresses are refused unless
     ``webhook_allow_private`` is set (SSRF protection).
     """
-    hook = await run_in_threadpool(state.webhooks.create, body.url, body.events)
+    hook = await run_in_threadpool(state.webhooks.create, body.url, body.events, owner)
     return WebhookCreated(**_public(hook).model_dump(), secret=hook.secret)
 
 
 @router.get("", response_model=list[WebhookPublic], responses=_ERRORS)
-def list_webhooks(state: State, _owner: Owner) -> list[WebhookPublic]:
-    """Every registered webhook (secrets are not shown)."""
-    return [_public(h) for h in state.webhooks.list()]
+def list_webhooks(state: State, owner: Owner) -> list[WebhookPublic]:
+    """The caller's webhooks (secrets are not shown)."""
+    return [_public(h) for h in state.webhooks.list(owner)]
 
 
 @router.get("/{webhook_id}", response_model=WebhookPublic, responses=_ERRORS)
-def get_webhook(webhook_id: str, state: State, _owner: Owner) -> WebhookPublic:
+def get_webhook(webhook_id: str, state: State, owner: Owner) -> WebhookPublic:
     """One webhook."""
-    return _public(state.webhooks.get(webhook_id))
+    return _public(state.webhooks.get(webhook_id, owner))
 
 
 @router.delete("/{webhook_id}", status_code=204, responses=_ERRORS)
-def delete_webhook(webhook_id: str, state: State, _owner: Owner) -> Response:
+def delete_webhook(webhook_id: str, state: State, owner: Owner) -> Response:
     """Unregister a webhook; its pending deliveries are dropped."""
-    state.webhooks.delete(webhook_id)
+    state.webhooks.delete(webhook_id, owner)
     return Response(status_code=204)
 
 
@@ -82,8 +84,8 @@ def delete_webhook(webhook_id: str, state: State, _owner: Owner) -> Response:
 def list_deliveries(
     webhook_id: str,
     state: State,
-    _owner: Owner,
+    owner: Owner,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[DeliveryPublic]:
     """Recent deliveries to the webhook, newest first, with every attempt."""
-    return [_delivery(d) for d in state.webhooks.deliveries(webhook_id, limit=limit)]
+    return [_delivery(d) for d in state.webhooks.deliveries(webhook_id, limit, owner)]

@@ -80,13 +80,16 @@ def install_error_handlers(app: FastAPI) -> None:
         status = error.http_status
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, error)
-        return error_response(
+        response = error_response(
             request.url.path,
             status,
             error.code,
             str(error),
             retry_after=getattr(error, "retry_after", None),
         )
+        if status == 401:  # RFC 9110: a 401 names the scheme to use
+            response.headers["WWW-Authenticate"] = 'Bearer realm="mlsharp"'
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -99,7 +102,9 @@ def install_error_handlers(app: FastAPI) -> None:
         status = error.status_code
         code = _CODES_BY_STATUS.get(status, "http_error")
         message = error.detail if isinstance(error.detail, str) else code.replace("_", " ")
-        return error_response(request.url.path, status, code, message)
+        response = error_response(request.url.path, status, code, message)
+        response.headers.update(error.headers or {})  # e.g. Allow on a 405
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

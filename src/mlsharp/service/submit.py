@@ -16,14 +16,14 @@ import json
 import re
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mlsharp.errors import BadRequest, QueueFull
 from mlsharp.imaging import load_image
-from mlsharp.service.cache import cache_key, link_or_copy
+from mlsharp.service.cache import cache_key
 from mlsharp.service.jobs import JobRecord, JobStatus, new_id
 from mlsharp.service.state import ServiceState
-from mlsharp.service.worker import output_name, publish_outcome
+from mlsharp.service.worker import link_cached_outputs, publish_outcome
 
 _SUFFIX_BY_FORMAT = {
     "JPEG": ".jpg",
@@ -127,7 +127,7 @@ def submit(state: ServiceState, sub: Submission) -> tuple[JobRecord, bool]:
     model_id = state.model.model_id
     if model_id is not None and state.cache.enabled:
         key = cache_key(image.pixels, focal_px=image.focal_px, model_id=model_id)
-        job = _with_cache_key(job, key)
+        job = replace(job, cache_key=key)
         hit = state.cache.get(key, sub.formats)
         state.metrics.cache_lookups.labels("hit" if hit else "miss").inc()
         if hit:
@@ -160,12 +160,6 @@ def _replay(state: ServiceState, sub: Submission, fingerprint: str) -> JobRecord
     return earlier
 
 
-def _with_cache_key(job: JobRecord, key: str) -> JobRecord:
-    from dataclasses import replace
-
-    return replace(job, cache_key=key)
-
-
 def _check_queue(state: ServiceState) -> None:
     queued = state.store.counts()["queued"]
     if queued >= state.settings.max_queue:
@@ -174,14 +168,7 @@ def _check_queue(state: ServiceState) -> None:
 
 def _finish_from_cache(state: ServiceState, job: JobRecord, files: dict) -> JobRecord:
     """Record a job that is finished at birth, its files linked from the cache."""
-    from dataclasses import replace
-
-    out_dir = state.storage.output_dir(job.id)
-    outputs = {}
-    for fmt in job.formats:
-        name = output_name(job, fmt)
-        link_or_copy(files[fmt], out_dir / name)
-        outputs[fmt] = name
+    outputs = link_cached_outputs(state, job, files)
     now = time.time()
     done = replace(
         job,

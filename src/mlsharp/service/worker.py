@@ -40,6 +40,23 @@ def output_name(job: JobRecord, fmt: str) -> str:
     return f"{Path(job.input_name).stem or 'scene'}{SUFFIXES[fmt]}"
 
 
+def link_cached_outputs(
+    state: ServiceState, job: JobRecord, files: dict[str, Path]
+) -> dict[str, str]:
+    """Hard-link (or copy) cached result files into the job's output folder.
+
+    ``files`` maps each of the job's formats to a file in the cache; returns the
+    job's ``outputs`` (format -> file name).
+    """
+    out_dir = state.storage.output_dir(job.id)
+    outputs = {}
+    for fmt in job.formats:
+        name = output_name(job, fmt)
+        link_or_copy(files[fmt], out_dir / name)
+        outputs[fmt] = name
+    return outputs
+
+
 class JobRunner:
     """Threads that take queued jobs and run them; ``start``/``stop`` with the app."""
 
@@ -142,7 +159,7 @@ class JobRunner:
             hit = state.cache.get(key, job.formats)
             state.metrics.cache_lookups.labels("hit" if hit else "miss").inc()
             if hit:
-                return self._link_cached(job, hit), timings, True
+                return link_cached_outputs(state, job, hit), timings, True
         engine = state.model.engine
         assert engine is not None  # _loop only runs jobs once the model is loaded
         with self._inference_lock:
@@ -171,15 +188,6 @@ class JobRunner:
             splat.write(gaussians, out_dir / name, fmt)  # atomic per file
             outputs[fmt] = name
         return outputs, time.perf_counter() - start
-
-    def _link_cached(self, job: JobRecord, files: dict[str, Path]) -> dict[str, str]:
-        out_dir = self.state.storage.output_dir(job.id)
-        outputs = {}
-        for fmt in job.formats:
-            name = output_name(job, fmt)
-            link_or_copy(files[fmt], out_dir / name)
-            outputs[fmt] = name
-        return outputs
 
     def _advance(self, job_id: str, stage: str) -> None:
         """Record that ``stage`` started; raises :class:`JobCanceled` if cancel was asked."""

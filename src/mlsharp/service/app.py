@@ -32,25 +32,15 @@ log = logging.getLogger("mlsharp.service")
 EXPIRY_SWEEP_SECONDS = 300.0
 
 
-class _MetricsHolder:
-    """Lets the request middleware (built before the lifespan) reach the state's metrics."""
-
-    def __init__(self) -> None:
-        self.metrics = Metrics()
-
-    def observe_request(self, *args: object) -> None:
-        self.metrics.observe_request(*args)  # type: ignore[arg-type]
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service as an ASGI app; the model and stores open in its lifespan."""
     settings = settings or Settings.load()
-    holder = _MetricsHolder()
+    # Built here, not in the lifespan: the request middleware needs it when the app is made.
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await asyncio.to_thread(ServiceState.build, settings)
-        holder.metrics = state.metrics
+        state = await asyncio.to_thread(ServiceState.build, settings, metrics)
         app.state.mlsharp = state
         requeued = state.store.requeue_running()
         if requeued:
@@ -88,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Location", "Idempotent-Replayed", "X-Request-ID", "Retry-After"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=holder)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
 
 

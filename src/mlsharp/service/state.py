@@ -13,9 +13,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlsharp.config import Settings
 from mlsharp.service.auth import ApiKeys, RateLimiter, TokenBucketLimiter
@@ -58,14 +59,14 @@ class ServiceState:
     model: ModelSlot = field(default_factory=ModelSlot)
     started_at: float = field(default_factory=time.time)
     #: Called when new work is queued (the in-process runner sets it to wake its threads).
-    wake_workers: Any = None
+    wake_workers: Callable[[], None] | None = None
 
     @classmethod
-    def build(cls, settings: Settings) -> ServiceState:
+    def build(cls, settings: Settings, metrics: Metrics | None = None) -> ServiceState:
         """Open (or create) everything under ``settings.data_dir``."""
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        metrics = Metrics()
+        metrics = metrics or Metrics()
         rate = settings.rate()
         state = cls(
             settings=settings,

@@ -2,8 +2,9 @@
 
 ``{error, message, status_code, path, timestamp, request_id}``: ``error`` is a stable
 machine-readable code, ``message`` a sentence for people. Internal details (tracebacks,
-file paths of the server) never reach clients; unexpected exceptions are logged with the
-request id and answered with a generic 500.
+file paths of the server) never reach clients. Unexpected exceptions (bugs) are caught
+by ``middleware.RequestContextMiddleware``, which logs them with the request id and answers
+a generic 500: Starlette's own last-resort handler would run after the id is gone.
 """
 
 from __future__ import annotations
@@ -105,11 +106,3 @@ def install_error_handlers(app: FastAPI) -> None:
         response = error_response(request.url.path, status, code, message)
         response.headers.update(error.headers or {})  # e.g. Allow on a 405
         return response
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        # A bug: log everything for us, tell the client nothing internal.
-        log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return error_response(
-            request.url.path, 500, "internal_error", "internal server error; see the server log"
-        )

@@ -64,11 +64,10 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            # A bug escaped every handler. Answer here, while the request id is still
-            # set, so the 500 and its log line carry it (Starlette's last-resort
-            # handler runs outside this middleware).
+            # A bug escaped every handler. This is the one place it is answered: here
+            # the request id is still set, so the 500 and its log line carry it.
             log.exception("unhandled error in %s %s", scope["method"], scope["path"])
-            if status_started is False:
+            if not status_started:
                 status = 500
                 response = error_response(
                     scope["path"], 500, "internal_error", "internal server error; see the log"

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from mlsharp._version import __version__
-from mlsharp.choices import DEVICE_CHOICES, LOG_FORMATS, PRESET_CHOICES
+from mlsharp.choices import LOG_FORMATS, PRESET_CHOICES, check_device_name
 from mlsharp.errors import MlsharpError
 
 EXIT_INTERRUPTED = 130
@@ -20,12 +20,10 @@ EXIT_INTERRUPTED = 130
 
 def _device_name(value: str) -> str:
     """argparse type of ``--device``: one of the choices, or ``cuda:N``."""
-    kind, _, index = value.partition(":")
-    if kind not in DEVICE_CHOICES or (index and not (kind == "cuda" and index.isdigit())):
-        raise argparse.ArgumentTypeError(
-            f"invalid choice: {value!r} (choose from {', '.join(DEVICE_CHOICES)}, cuda:N)"
-        )
-    return value
+    try:
+        return check_device_name(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:

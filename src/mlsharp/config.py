@@ -27,7 +27,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from mlsharp.choices import DEVICE_CHOICES, LOG_FORMATS, PRESET_CHOICES
+from mlsharp.choices import DEVICE_CHOICES, LOG_FORMATS, PRESET_CHOICES, check_device_name
 from mlsharp.errors import ConfigError
 
 __all__ = ["DEVICE_CHOICES", "LOG_FORMATS", "PRESET_CHOICES", "Settings", "default_data_dir"]
@@ -198,10 +198,7 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
-        kind, _, index = value.partition(":")
-        if kind not in DEVICE_CHOICES or (index and not index.isdigit()):
-            raise ValueError(f"unknown device {value!r}; choose one of {', '.join(DEVICE_CHOICES)}")
-        return value
+        return check_device_name(value)
 
     @field_validator("rate_limit")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mlsharp.choices import DEVICE_CHOICES
+from mlsharp.choices import check_device_name
 from mlsharp.errors import ConfigError, DeviceError
 
 
@@ -16,9 +16,11 @@ def _mps_available() -> bool:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """Turn ``auto|cpu|cuda|cuda:N|mps`` into an available ``torch.device``."""
+    try:
+        check_device_name(name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     kind = name.split(":", 1)[0]
-    if kind not in DEVICE_CHOICES:
-        raise ConfigError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
     if kind == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

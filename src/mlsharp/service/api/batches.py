@@ -9,14 +9,14 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from mlsharp.errors import BadRequest, Conflict, MlsharpError, NotFound
 from mlsharp.imaging import is_supported_path
-from mlsharp.service.api.jobs import _ERRORS
+from mlsharp.service.api.jobs import _ERRORS, FocalMmForm, FormatsForm
 from mlsharp.service.deps import Owner, State, base_url
 from mlsharp.service.jobs import BatchRecord, JobRecord, JobStatus, new_id
 from mlsharp.service.schemas import BatchPublic
@@ -114,8 +114,8 @@ async def create_batch(
     state: State,
     owner: Owner,
     files: Annotated[list[UploadFile], File(description="photos, or a single .zip of photos")],
-    focal_mm: Annotated[float | None, Form(gt=0, le=10000)] = None,
-    formats: Annotated[str | None, Form(max_length=200)] = None,
+    focal_mm: FocalMmForm = None,
+    formats: FormatsForm = None,
 ) -> BatchCreated:
     """One job per image. Images that fail validation are listed in ``rejected``."""
     wanted = parse_formats(formats, state.settings.default_formats)

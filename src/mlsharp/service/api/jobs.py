@@ -41,6 +41,37 @@ def find_job(state: ServiceState, job_id: str, owner: str | None) -> JobRecord:
     return job
 
 
+#: Form fields shared by every endpoint that accepts photos.
+FocalMmForm = Annotated[
+    float | None, Form(gt=0, le=10000, description="35 mm-equivalent focal length")
+]
+FormatsForm = Annotated[
+    str | None, Form(max_length=200, description="comma-separated output formats")
+]
+
+
+async def submit_upload(
+    state: ServiceState,
+    upload: UploadFile,
+    *,
+    focal_mm: float | None,
+    formats: str | None,
+    owner: str | None,
+    idempotency_key: str | None = None,
+) -> tuple[JobRecord, bool]:
+    """Read one uploaded photo and submit it (see :func:`submit`); ``(job, replayed)``."""
+    data, name = await read_upload(upload)
+    sub = Submission(
+        data=data,
+        filename=name,
+        focal_mm=focal_mm,
+        formats=parse_formats(formats, state.settings.default_formats),
+        owner=owner,
+        idempotency_key=check_idempotency_key(idempotency_key),
+    )
+    return await run_in_threadpool(submit, state, sub)
+
+
 async def read_upload(upload: UploadFile) -> tuple[bytes, str]:
     """The bytes and a safe display name of an uploaded file."""
     data = await upload.read()
@@ -56,12 +87,8 @@ async def create_job(
     state: State,
     owner: Owner,
     file: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, TIFF, HEIC...)")],
-    focal_mm: Annotated[
-        float | None, Form(gt=0, le=10000, description="35 mm-equivalent focal length")
-    ] = None,
-    formats: Annotated[
-        str | None, Form(max_length=200, description="comma-separated output formats")
-    ] = None,
+    focal_mm: FocalMmForm = None,
+    formats: FormatsForm = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobCreated:
     """Queue a photo for 3D prediction; answers at once with the job's id and status URL.
@@ -69,16 +96,14 @@ async def create_job(
     A cache hit returns a job that has already succeeded. The same ``Idempotency-Key``
     with the same body returns the same job instead of a new one.
     """
-    data, name = await read_upload(file)
-    sub = Submission(
-        data=data,
-        filename=name,
+    job, replayed = await submit_upload(
+        state,
+        file,
         focal_mm=focal_mm,
-        formats=parse_formats(formats, state.settings.default_formats),
+        formats=formats,
         owner=owner,
-        idempotency_key=check_idempotency_key(idempotency_key),
+        idempotency_key=idempotency_key,
     )
-    job, replayed = await run_in_threadpool(submit, state, sub)
     status_url = f"{base_url(state)}/v1/jobs/{job.id}"
     response.headers["Location"] = status_url
     if replayed:

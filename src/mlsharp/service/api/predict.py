@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, File, UploadFile
 
 from mlsharp.errors import RequestError
-from mlsharp.service.api.jobs import _ERRORS, read_upload, wait_for_job
+from mlsharp.service.api.jobs import _ERRORS, FocalMmForm, FormatsForm, submit_upload, wait_for_job
 from mlsharp.service.deps import Owner, State, base_url
 from mlsharp.service.jobs import JobStatus
 from mlsharp.service.schemas import ErrorBody, JobError, PredictResult
-from mlsharp.service.submit import Submission, parse_formats, submit
 from mlsharp.service.views import job_links
 
 router = APIRouter(prefix="/v1", tags=["predict"])
@@ -32,19 +30,11 @@ async def predict(
     state: State,
     owner: Owner,
     file: Annotated[UploadFile, File(description="the photo")],
-    focal_mm: Annotated[float | None, Form(gt=0, le=10000)] = None,
-    formats: Annotated[str | None, Form(max_length=200)] = None,
+    focal_mm: FocalMmForm = None,
+    formats: FormatsForm = None,
 ) -> PredictResult:
     """Queue the photo like ``POST /v1/jobs`` and answer when its job has finished."""
-    data, name = await read_upload(file)
-    sub = Submission(
-        data=data,
-        filename=name,
-        focal_mm=focal_mm,
-        formats=parse_formats(formats, state.settings.default_formats),
-        owner=owner,
-    )
-    job, _ = await run_in_threadpool(submit, state, sub)
+    job, _ = await submit_upload(state, file, focal_mm=focal_mm, formats=formats, owner=owner)
     final = await wait_for_job(state, job.id, state.settings.sync_timeout_seconds)
     if final is None or not final.terminal:
         raise PredictTimeout(

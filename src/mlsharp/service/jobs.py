@@ -309,12 +309,14 @@ class SQLiteJobStore:
 
     def jobs_of_batch(self, job_ids: Sequence[str]) -> list[JobRecord]:
         """The jobs with these ids, in the given order (missing ones skipped)."""
-        found = {}
+        if not job_ids:
+            return []
+        marks = ", ".join("?" for _ in job_ids)
         with self._lock:
-            for job_id in job_ids:
-                row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-                if row is not None:
-                    found[job_id] = _from_row(row)
+            rows = self._db.execute(
+                f"SELECT * FROM jobs WHERE id IN ({marks})", list(job_ids)
+            ).fetchall()
+        found = {row["id"]: _from_row(row) for row in rows}
         return [found[j] for j in job_ids if j in found]
 
     def claim_next(self) -> JobRecord | None:

@@ -6,7 +6,7 @@ import io
 import zipfile
 import zlib
 from collections.abc import Iterator
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
@@ -193,7 +193,7 @@ def batch_archive(
     )
 
 
-def _archive_members(state: ServiceState, jobs: list[JobRecord]) -> list[tuple[str, object]]:
+def _archive_members(state: ServiceState, jobs: list[JobRecord]) -> list[tuple[str, Path]]:
     members, used = [], set()
     for job in jobs:
         if job.status is not JobStatus.SUCCEEDED:
@@ -228,7 +228,7 @@ class _Pipe(io.RawIOBase):
         return data
 
 
-def _stream_zip(members: list[tuple[str, object]]) -> Iterator[bytes]:
+def _stream_zip(members: list[tuple[str, Path]]) -> Iterator[bytes]:
     sink = _Pipe()
     # PLY data compresses poorly and fast download matters more: store, don't deflate.
     with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as archive:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -297,4 +296,3 @@ async def wait_for_job(state: ServiceState, job_id: str, timeout: float) -> JobR
         if remaining <= 0:
             return job
         await state.notifier.wait(timeout=min(1.0, remaining))
-        await asyncio.sleep(0)

@@ -8,6 +8,7 @@ commands, so ``mlsharp --help`` and ``--version`` answer instantly.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,20 @@ from mlsharp.choices import LOG_FORMATS, PRESET_CHOICES, check_device_name
 from mlsharp.errors import MlsharpError
 
 EXIT_INTERRUPTED = 130
+
+#: Each command's runner as (module, function), imported only when the command runs so
+#: heavy modules stay out of ``--help``. A runner takes the parsed arguments and returns
+#: the exit status. Add a command here and its sub-parser in :func:`build_parser`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "predict": ("mlsharp.commands.predict", "run_predict"),
+    "download": ("mlsharp.commands.download", "run_download"),
+    "serve": ("mlsharp.commands.serve", "run_serve"),
+    "config": ("mlsharp.commands.serve", "run_config"),
+    "random-checkpoint": ("mlsharp.commands.random_checkpoint", "run_random_checkpoint"),
+}
+
+# Runners that also take the parser (to print their own usage).
+_NEEDS_PARSER = {"config"}
 
 
 def _device_name(value: str) -> str:
@@ -127,34 +142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        if args.command == "predict":
-            from mlsharp.commands.predict import run_predict
-
-            return run_predict(args)
-        if args.command == "download":
-            from mlsharp.commands.download import run_download
-
-            return run_download(args)
-        if args.command == "serve":
-            from mlsharp.commands.serve import run_serve
-
-            return run_serve(args)
-        if args.command == "config":
-            from mlsharp.commands.serve import run_config
-
-            return run_config(args, parser)
-        if args.command == "random-checkpoint":
-            from mlsharp.commands.random_checkpoint import run_random_checkpoint
-
-            return run_random_checkpoint(args)
+        module_name, function_name = COMMANDS[args.command]
+        run = getattr(importlib.import_module(module_name), function_name)
+        return run(args, parser) if args.command in _NEEDS_PARSER else run(args)
     except MlsharpError as error:
         print(f"mlsharp: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("mlsharp: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    parser.error(f"unknown command {args.command}")
-    return 2
 
 
 if __name__ == "__main__":

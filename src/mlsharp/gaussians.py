@@ -30,6 +30,9 @@ class Gaussians:
         focal_px: focal length in pixels of the input image (after EXIF rotation).
         image_size: (width, height) of the input image (after EXIF rotation).
         color_space: the colour space of ``colors``.
+        depth: optional (height, width) float32 metric depth map of the photo (same units
+            as ``positions``' z), for the depth-map exports; ``None`` when unknown (e.g. a
+            scene read back from a file).
         metadata: free-form extras (timings, source name) that writers may ignore.
     """
 
@@ -41,6 +44,7 @@ class Gaussians:
     focal_px: float
     image_size: tuple[int, int]
     color_space: ColorSpace = "linearRGB"
+    depth: np.ndarray | None = None
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -56,6 +60,8 @@ class Gaussians:
             actual = getattr(self, name).shape
             if actual != shape:
                 raise ValueError(f"Gaussians.{name} has shape {actual}, expected {shape}")
+        if self.depth is not None and self.depth.ndim != 2:
+            raise ValueError(f"Gaussians.depth must be 2-D, got shape {self.depth.shape}")
 
     def __len__(self) -> int:
         return len(self.positions)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mlsharp.gaussians import Gaussians
 from mlsharp.model.composer import ComposedGaussians
@@ -139,6 +140,12 @@ def unproject(
     def host(t: torch.Tensor) -> np.ndarray:
         return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
 
+    depth = None
+    if composed.depth is not None:
+        # The network's depth is square (internal resolution); stretch it back to the photo.
+        depth_map = composed.depth[index][None, None].float()
+        depth = host(F.interpolate(depth_map, size=(height, width), mode="bilinear")[0, 0])
+
     return Gaussians(
         positions=host(means),
         scales=host(new_scales),
@@ -148,4 +155,5 @@ def unproject(
         focal_px=float(focal_px),
         image_size=(int(width), int(height)),
         color_space="linearRGB",
+        depth=depth,
     )

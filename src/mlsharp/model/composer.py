@@ -60,6 +60,9 @@ class ComposedGaussians(NamedTuple):
     quaternions: torch.Tensor
     colors: torch.Tensor
     opacities: torch.Tensor
+    #: (B, S, S) metric depth of the first depth layer at the internal resolution, when the
+    #: caller attached it (``SharpModel.forward`` does); the Gaussians' z uses the same units.
+    depth: torch.Tensor | None = None
 
 
 def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,7 @@ class SharpModel(nn.Module):
         init = initialize(image, depth, stride=self.cfg.stride)
         features = self.feature_model(init.network_input, monodepth.encoder_features)
         delta = self.prediction_head(features)
-        return compose(delta, init.base, init.global_scale)
+        return compose(delta, init.base, init.global_scale)._replace(depth=depth[:, 0])
 
 
 def build_model(

@@ -21,6 +21,8 @@ __all__ = [
     "SUFFIXES",
     "PlyFormatError",
     "SplatFormat",
+    "format_for_path",
+    "read",
     "read_ply",
     "read_ply_raw",
     "write",
@@ -35,6 +37,11 @@ Writer = Callable[[Gaussians, "str | os.PathLike[str]"], Path]
 #: Registry of writers keyed by format name; add new formats here.
 _WRITERS: dict[str, Writer] = {
     "ply": write_ply,
+}
+
+#: Registry of readers keyed by format name (formats that can be read back).
+_READERS: dict[str, Callable[[str | os.PathLike[str]], Gaussians]] = {
+    "ply": read_ply,
 }
 
 #: The available output formats, in registry order.
@@ -62,3 +69,31 @@ def write(gaussians: Gaussians, dest: str | os.PathLike[str], format: SplatForma
         known = ", ".join(FORMATS)
         raise ConfigError(f"unknown output format {format!r} (choose from: {known})")
     return writer(gaussians, dest)
+
+
+def format_for_path(path: str | os.PathLike[str]) -> str:
+    """The format name a file name implies by its suffix (longest matching suffix wins).
+
+    Raises:
+        ConfigError: no known format uses that suffix.
+    """
+    name = Path(path).name.lower()
+    matches = [fmt for fmt, suffix in SUFFIXES.items() if name.endswith(suffix)]
+    if not matches:
+        known = ", ".join(sorted(set(SUFFIXES.values())))
+        raise ConfigError(f"cannot tell the format of {name!r} from its suffix (known: {known})")
+    return max(matches, key=lambda fmt: len(SUFFIXES[fmt]))
+
+
+def read(path: str | os.PathLike[str], format: str | None = None) -> Gaussians:
+    """Read a scene file written in ``format`` (default: chosen by its suffix).
+
+    Raises:
+        ConfigError: the format is unknown or cannot be read back.
+    """
+    fmt = format or format_for_path(path)
+    reader = _READERS.get(fmt)
+    if reader is None:
+        known = ", ".join(_READERS)
+        raise ConfigError(f"cannot read format {fmt!r} (readable: {known})")
+    return reader(path)

@@ -1,0 +1,58 @@
+"""``RuntimeOptions``: the knobs that change how (not what) the engine computes.
+
+Every option except ``precision="fp32"`` with the rest at their defaults is a *fast path*
+that is checked against the fp32 reference path (tests, and ``mlsharp autotune`` on the
+user's device). No torch import here: the CLI and settings use these names and defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+#: Numeric precision of the network forward.
+#: ``fp32``: the reference. ``tf32``: fp32 storage with TF32 matmuls/convolutions (Ampere+).
+#: ``bf16`` / ``fp16``: autocast, with normalisations, heads and post-processing in fp32.
+Precision = Literal["fp32", "tf32", "bf16", "fp16"]
+PRECISION_CHOICES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How the engine runs the network; the defaults reproduce the reference exactly.
+
+    Attributes:
+        precision: see :data:`Precision`.
+        channels_last: run the convolutional decoders in channels-last memory format.
+        compile: wrap the network in ``torch.compile`` (first call is slow).
+        cuda_graphs: capture the fixed-shape forward in a CUDA graph (CUDA only).
+        resolution: internal resolution the network runs at (``None``: the preset's own,
+            1536 for ``sharp``); must be one of the values the architecture accepts.
+    """
+
+    precision: Precision = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False
+    resolution: int | None = None
+
+    def label(self) -> str:
+        """A short human-readable name, e.g. ``bf16+channels_last+compile``."""
+        parts = [self.precision]
+        parts += [f.name for f in fields(self) if f.type == "bool" and getattr(self, f.name)]
+        if self.resolution is not None:
+            parts.append(f"{self.resolution}px")
+        return "+".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (for the autotune cache and ``doctor``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RuntimeOptions:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored, bad values raise ``ValueError``."""
+        known = {f.name for f in fields(cls)}
+        options = cls(**{k: v for k, v in data.items() if k in known})
+        if options.precision not in PRECISION_CHOICES:
+            raise ValueError(f"unknown precision {options.precision!r}")
+        return options

@@ -1,4 +1,4 @@
-"""``mlsharp predict INPUT... -o OUTDIR``: photos in, one .ply per photo out."""
+"""``mlsharp predict INPUT... -o OUTDIR [--format ply,spz,...]``: photos in, scene files out."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlsharp.config import Settings
 from mlsharp.errors import MlsharpError, OutputExists
@@ -19,10 +19,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class Job:
-    """One photo and where its splat goes."""
+    """One photo and where each of its output files goes (format -> path, in order)."""
 
     source: Path
-    dest: Path
+    outputs: dict[str, Path]
 
 
 @dataclass
@@ -37,13 +37,23 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and is_supported_path(p))
 
 
-def plan_jobs(inputs: list[str], outdir: Path, *, overwrite: bool) -> Plan:
-    """Expand files and folders into jobs.
+def _outputs(base: Path, formats: tuple[str, ...]) -> dict[str, Path]:
+    """``OUTDIR/<sub>/<stem>`` -> one path per format, with the format's suffix."""
+    from mlsharp.splat import SUFFIXES
 
-    A file given directly goes to ``OUTDIR/<stem>.ply``; files found in a folder keep their
-    sub-folder below it (``OUTDIR/<sub>/<stem>.ply``) so equal names in different folders do
-    not collide. Two inputs that would still write the same file, and existing outputs
-    without ``overwrite``, are reported as failures instead of being clobbered.
+    return {fmt: base.with_name(base.name + SUFFIXES[fmt]) for fmt in formats}
+
+
+def plan_jobs(
+    inputs: list[str], outdir: Path, *, overwrite: bool, formats: tuple[str, ...] = ("ply",)
+) -> Plan:
+    """Expand files and folders into jobs, one output file per format.
+
+    A file given directly goes to ``OUTDIR/<stem><suffix>``; files found in a folder keep
+    their sub-folder below it (``OUTDIR/<sub>/<stem><suffix>``) so equal names in different
+    folders do not collide. A photo whose outputs would overwrite another photo's, or an
+    existing file without ``overwrite``, is reported as a failure instead (none of its
+    files is written), so nothing is ever clobbered by accident.
     """
     jobs: list[Job] = []
     failures: list[tuple[str, str]] = []
@@ -54,21 +64,33 @@ def plan_jobs(inputs: list[str], outdir: Path, *, overwrite: bool) -> Plan:
             found = _images_in(path)
             if not found:
                 failures.append((raw, "no supported images in this folder"))
-            pairs = [(p, outdir / p.relative_to(path).parent / f"{p.stem}.ply") for p in found]
+            pairs = [(p, outdir / p.relative_to(path).parent / p.stem) for p in found]
         elif path.is_file():
-            pairs = [(path, outdir / f"{path.stem}.ply")]
+            pairs = [(path, outdir / path.stem)]
         else:
             failures.append((raw, "no such file or folder"))
             continue
-        for source, dest in pairs:
-            if dest in claimed:
-                failures.append((str(source), f"output {dest} is already used by {claimed[dest]}"))
-            elif dest.exists() and not overwrite:
-                failures.append((str(source), f"{dest} exists (use --overwrite to replace it)"))
+        for source, base in pairs:
+            outputs = _outputs(base, formats)
+            clash = next((d for d in outputs.values() if d in claimed), None)
+            existing = next((d for d in outputs.values() if d.exists()), None)
+            if clash is not None:
+                failures.append(
+                    (str(source), f"output {clash} is already used by {claimed[clash]}")
+                )
+            elif existing is not None and not overwrite:
+                failures.append((str(source), f"{existing} exists (use --overwrite to replace it)"))
             else:
-                claimed[dest] = source
-                jobs.append(Job(source, dest))
+                claimed.update(dict.fromkeys(outputs.values(), source))
+                jobs.append(Job(source, outputs))
     return Plan(jobs, failures)
+
+
+def writer_options(fmt: str, frame: str | None) -> dict[str, Any]:
+    """Options for ``splat.write`` of ``fmt``: ``frame`` where the format takes one."""
+    from mlsharp.splat import FRAME_FORMATS
+
+    return {"frame": frame} if frame is not None and fmt in FRAME_FORMATS else {}
 
 
 def _report(line: str) -> None:
@@ -79,17 +101,23 @@ def _report(line: str) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """Run the ``predict`` command; 0 only if every input produced its output."""
+    """Run the ``predict`` command; 0 only if every input produced all its outputs."""
     from tqdm import tqdm
 
     from mlsharp.engine import Engine
+    from mlsharp.splat import check_frame, parse_formats
 
+    # Option errors first, before any file is looked at or the model is loaded.
+    formats = parse_formats(getattr(args, "format", None) or "ply")
+    frame = getattr(args, "frame", None)
+    if frame is not None:
+        check_frame(frame)
     settings = Settings.from_env(checkpoint=args.checkpoint, preset=args.preset, device=args.device)
     check_focal_mm(args.focal_mm)  # once, before any work, rather than once per image
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
         raise OutputExists(f"output {outdir} exists and is not a folder")
-    plan = plan_jobs(args.inputs, outdir, overwrite=args.overwrite)
+    plan = plan_jobs(args.inputs, outdir, overwrite=args.overwrite, formats=formats)
     for source, reason in plan.failures:
         _report(f"skipped {source}: {reason}")
     if not plan.jobs:
@@ -106,36 +134,43 @@ def run_predict(args: argparse.Namespace) -> int:
     bar = tqdm(plan.jobs, desc="predict", unit="image", file=sys.stderr, disable=args.quiet)
     for job in bar:
         try:
-            _predict_one(engine, job, focal_mm=args.focal_mm, overwrite=args.overwrite)
+            _predict_one(engine, job, focal_mm=args.focal_mm, overwrite=args.overwrite, frame=frame)
         except MlsharpError as error:
             failed += 1
             _report(f"failed {job.source}: {error}")
         except OSError as error:  # e.g. the output disk is full or read-only
             failed += 1
-            _report(f"failed {job.source}: cannot write {job.dest}: {error.strerror or error}")
+            where = error.filename or next(iter(job.outputs.values()))
+            _report(f"failed {job.source}: cannot write {where}: {error.strerror or error}")
     done = len(plan.jobs) + len(plan.failures) - failed
     if failed:
         _report(f"{done} of {done + failed} images done, {failed} failed")
     return 1 if failed else 0
 
 
-def _predict_one(engine: Engine, job: Job, *, focal_mm: float | None, overwrite: bool) -> None:
-    """Decode, predict and write one photo, then print its timing line."""
+def _predict_one(
+    engine: Engine, job: Job, *, focal_mm: float | None, overwrite: bool, frame: str | None
+) -> None:
+    """Decode, predict and write one photo in every format, then print its timing line."""
+    from mlsharp import splat
     from mlsharp.imaging import load_image
-    from mlsharp.splat import write_ply
 
     start = time.perf_counter()
     image = load_image(job.source, focal_mm=focal_mm)
     decode = time.perf_counter() - start
     gaussians = engine.predict(image)
     start = time.perf_counter()
-    if not overwrite and job.dest.exists():  # created by someone else during the run
-        raise OutputExists(f"{job.dest} appeared meanwhile; not overwriting it")
-    write_ply(gaussians, job.dest)
+    if not overwrite:
+        for dest in job.outputs.values():
+            if dest.exists():  # created by someone else during the run
+                raise OutputExists(f"{dest} appeared meanwhile; not overwriting it")
+    for fmt, dest in job.outputs.items():
+        splat.write(gaussians, dest, fmt, **writer_options(fmt, frame))  # atomic per file
     write = time.perf_counter() - start
     times = gaussians.metadata["timings"]
+    written = ", ".join(str(dest) for dest in job.outputs.values())
     _report(
-        f"{job.source} -> {job.dest} ({len(gaussians):,} Gaussians, "
+        f"{job.source} -> {written} ({len(gaussians):,} Gaussians, "
         f"{image.width}x{image.height}, f={image.focal_px:.1f}px [{image.focal_source}]; "
         f"decode {decode:.2f}s, inference {times.preprocess + times.inference:.2f}s, "
         f"post-process {times.postprocess:.2f}s, write {write:.2f}s)"

@@ -1,0 +1,142 @@
+"""``JobQueue``: the task queue of the scale-out mode (Dramatiq on Redis).
+
+Why Dramatiq (docs/deployment.md has the comparison): its Redis broker keeps every
+fetched message in a per-worker "unacked" set and moves the messages of a worker whose
+heartbeat went silent back to the queue, so a job whose worker died (kill -9, OOM, power
+loss) runs again elsewhere; retries with backoff and per-message time limits are
+middleware; and its ``Worker`` runs in threads of *our* process, so the model loads once
+and nothing forks after torch ran (Celery's prefork pool and RQ's forking worker hang).
+
+The message carries only the job id; the job store holds the truth. Every worker sends
+a heartbeat (and runs the broker's requeue maintenance) every ``heartbeat/5`` seconds from
+its own thread, also while a long job runs, so only dead workers lose their messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from mlsharp.config import Settings
+from mlsharp.service.distributed.redis_conn import connection_errors, require
+from mlsharp.service.jobs import JobRecord
+
+log = logging.getLogger("mlsharp.distributed")
+
+ACTOR_NAME = "mlsharp_run_job"
+QUEUE_NAME = "jobs"
+#: The broker's scale for ``maintenance_chance``: at this value every call does maintenance.
+_ALWAYS = 1_000_000
+
+
+class JobQueue:
+    """The Dramatiq broker and the job actor; ``enqueue`` on submit, ``consume`` in workers."""
+
+    def __init__(self, settings: Settings, client: Any) -> None:
+        dramatiq = require("dramatiq")
+        from dramatiq.brokers.redis import RedisBroker
+        from dramatiq.middleware import Retries, TimeLimit
+
+        self.settings = settings
+        self.heartbeat_ms = int(settings.queue_heartbeat_seconds * 1000)
+        self.max_retries = 3 * settings.job_max_attempts + 5
+        self.broker = RedisBroker(
+            client=client,
+            namespace=f"{settings.queue_namespace}:queue",
+            heartbeat_timeout=self.heartbeat_ms,
+            # Requeue checks are one sorted-set range read: cheap enough to run on every
+            # fetch, so a dead worker's job is back in the queue within ~one heartbeat.
+            maintenance_chance=_ALWAYS,
+            middleware=[
+                TimeLimit(time_limit=int(settings.job_time_limit_seconds * 1000), interval=500),
+                # The job store bounds the runs (job_max_attempts); the queue's own retry
+                # count only has to outlast it (a retry may also follow a Redis error).
+                Retries(
+                    max_retries=self.max_retries,
+                    min_backoff=max(1, int(settings.job_retry_backoff_seconds * 1000)),
+                    max_backoff=3_600_000,
+                ),
+            ],
+        )
+        self._handler: Callable[[str], None] | None = None
+        self.actor = dramatiq.actor(
+            self._dispatch,
+            broker=self.broker,
+            actor_name=ACTOR_NAME,
+            queue_name=QUEUE_NAME,
+            max_retries=self.max_retries,
+        )
+
+    def _dispatch(self, job_id: str) -> None:
+        if self._handler is None:  # an API-only process never consumes
+            raise RuntimeError("this process does not run jobs")
+        self._handler(job_id)
+
+    def enqueue(self, job: JobRecord) -> None:
+        """Put a stored, queued job on the queue."""
+        self.actor.send(job.id)
+
+    def depth(self) -> int:
+        """Messages waiting in the queue (not counting delayed retries)."""
+        return int(self.broker.do_qsize(QUEUE_NAME))
+
+    def heartbeat(self) -> None:
+        """Tell the broker this process is alive, and requeue messages of dead workers."""
+        self.broker.do_qsize(QUEUE_NAME)
+
+    def consume(self, handler: Callable[[str], None], threads: int = 1) -> Any:
+        """Start a Dramatiq ``Worker`` calling ``handler(job_id)``; returns it (``stop()``).
+
+        One thread per worker process and a prefetch of one: a busy worker holds at most
+        the job it runs, so idle workers get the next one.
+        """
+        from dramatiq import Worker
+
+        self._handler = handler
+        worker = Worker(self.broker, worker_threads=threads, worker_timeout=500)
+        worker.queue_prefetch = threads
+        worker.delay_prefetch = 100
+        self.broker.emit_after("process_boot")  # starts the time-limit watcher thread
+        worker.start()
+        return worker
+
+
+class Heartbeat:
+    """A thread calling :meth:`JobQueue.heartbeat` every ``interval`` seconds.
+
+    Logs once when Redis goes away and once when it is back (not every beat).
+    """
+
+    def __init__(self, queue: JobQueue, interval: float) -> None:
+        self.queue = queue
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mlsharp-heartbeat", daemon=True)
+        self.healthy = True
+
+    def start(self) -> None:
+        """Start beating."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating (the broker then considers this worker dead after the timeout)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        errors = connection_errors()
+        while not self._stop.is_set():
+            try:
+                self.queue.heartbeat()
+            except errors as error:
+                if self.healthy:
+                    log.warning("lost the connection to redis (%s); retrying", error)
+                self.healthy = False
+            else:
+                if not self.healthy:
+                    log.info("connection to redis restored")
+                self.healthy = True
+            self._stop.wait(self.interval)

@@ -1,0 +1,354 @@
+"""Fixtures for the scale-out tests: real servers on free 127.0.0.1 ports.
+
+* ``redis_server``: Debian's ``redis-server`` (no persistence), stoppable and restartable
+  on the same port (Redis-down tests). Missing binary: the tests skip with the reason,
+  except under ``CI=true`` where they fail (CI installs it, see .ci/run).
+* ``moto_s3``: ``moto_server`` (``moto[server]``), a real S3 HTTP endpoint.
+* ``cluster``: starts ``mlsharp serve --queue`` and ``mlsharp worker`` child processes
+  sharing one data directory; everything is killed at teardown.
+* ``webhook_receiver``: a local HTTP server recording every POST.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.service.conftest import free_port, jpeg_bytes
+
+__all__ = ["free_port", "jpeg_bytes"]
+
+REDIS_SERVER = shutil.which("redis-server")
+MOTO_SERVER = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+
+
+def _missing(reason: str) -> None:
+    """Skip locally; fail in CI, where every dependency must be present."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (required in CI)")
+    pytest.skip(reason)
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@dataclass
+class RedisServer:
+    """A redis-server child process; ``stop()``/``start()`` keep the port."""
+
+    port: int
+    workdir: Path
+    process: subprocess.Popen | None = None
+    #: Append-only file fsynced on every write: data survives kill -9 and a restart.
+    persistent: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.workdir),
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+
+@pytest.fixture()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh, empty redis-server for one test."""
+    if REDIS_SERVER is None:
+        _missing("redis-server is not installed (apt-get install redis-server)")
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisServer(free_port(), workdir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class MotoS3:
+    """A moto S3 endpoint and the settings pointing at one bucket on it."""
+
+    url: str
+    bucket: str = "mlsharp-test"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "MLSHARP_STORAGE": "s3",
+            "MLSHARP_S3_ENDPOINT_URL": self.url,
+            "MLSHARP_S3_BUCKET": self.bucket,
+            "MLSHARP_S3_REGION": "us-east-1",
+            "MLSHARP_S3_ACCESS_KEY_ID": "testing",
+            "MLSHARP_S3_SECRET_ACCESS_KEY": "testing",
+            "MLSHARP_S3_PREFIX": "t/",
+        }
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """``moto_server`` on a free port with an empty bucket."""
+    if not Path(MOTO_SERVER).exists():
+        _missing("moto_server is not installed (pip install 'moto[server]')")
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
+        )
+    try:
+        _wait_port(port, 60)
+        s3 = MotoS3(f"http://127.0.0.1:{port}")
+        s3.client().create_bucket(Bucket=s3.bucket)
+        yield s3
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@dataclass
+class Proc:
+    """One ``mlsharp`` child process and its log file."""
+
+    process: subprocess.Popen
+    log_path: Path
+    url: str | None = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+@dataclass
+class Cluster:
+    """API instances and workers sharing one queue and data directory."""
+
+    tmp_path: Path
+    checkpoint: Path
+    queue_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.tmp_path / "shared-data"
+
+    def _env(self, extra: dict[str, str] | None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLSHARP_")}
+        env.update(
+            MLSHARP_CACHE=str(self.tmp_path / "ckpt-cache"),
+            MLSHARP_QUEUE=self.queue_url,
+            MLSHARP_DATA_DIR=str(self.data_dir),
+            MLSHARP_PRESET="tiny",
+            MLSHARP_CHECKPOINT=str(self.checkpoint),
+            MLSHARP_DEVICE="cpu",
+            MLSHARP_OFFLINE="true",
+            MLSHARP_QUEUE_HEARTBEAT_SECONDS="2",
+            MLSHARP_WEBHOOK_ALLOW_PRIVATE="true",
+            MLSHARP_WEBHOOK_BACKOFF_SECONDS="0.2",
+            OMP_NUM_THREADS="1",
+        )
+        env.update(self.env)
+        env.update(extra or {})
+        return env
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None) -> Proc:
+        log_path = self.tmp_path / f"{name}-{len(self.procs)}.log"
+        with open(log_path, "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mlsharp", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self._env(env),
+            )
+        proc = Proc(process, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def api(self, *extra: str, env: dict[str, str] | None = None, port: int | None = None) -> Proc:
+        """Start ``mlsharp serve`` (API only) and wait until it answers."""
+        port = port or free_port()
+        proc = self._spawn(
+            "api", ["serve", "--host", "127.0.0.1", "--port", str(port), *extra], env
+        )
+        proc.url = f"http://127.0.0.1:{port}"
+        wait_http(proc, f"{proc.url}/v1/health")
+        return proc
+
+    def worker(self, *extra: str, env: dict[str, str] | None = None, wait: bool = True) -> Proc:
+        """Start ``mlsharp worker``; with ``wait``, until it consumes the queue."""
+        proc = self._spawn("worker", ["worker", *extra], env)
+        if wait:
+            wait_log(proc, "consuming jobs from the queue")
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.process.poll() is None:
+                proc.process.kill()
+                proc.process.wait(10)
+
+
+def wait_http(proc: Proc, url: str, timeout: float = 60) -> None:
+    """Wait until ``url`` answers 200 (or the process dies: its log is shown)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        if proc.process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up:\n{proc.log()}")
+        time.sleep(0.1)
+
+
+def wait_log(proc: Proc, text: str, timeout: float = 60) -> None:
+    """Wait until ``text`` appears in the process's log."""
+    deadline = time.monotonic() + timeout
+    while text not in proc.log():
+        if proc.process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{text!r} not logged:\n{proc.log()}")
+        time.sleep(0.1)
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path, tiny_checkpoint: Path, redis_server: RedisServer) -> Iterator[Cluster]:
+    """Factory of API and worker processes on one Redis; all killed at teardown."""
+    running = Cluster(tmp_path, tiny_checkpoint, redis_server.url)
+    yield running
+    running.close()
+
+
+@dataclass
+class Receiver:
+    """Requests received by the local webhook endpoint."""
+
+    url: str
+    received: list[dict] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def bodies(self) -> list[dict]:
+        with self.lock:
+            return [r["body"] for r in self.received]
+
+
+@pytest.fixture()
+def webhook_receiver() -> Iterator[Receiver]:
+    """An HTTP server on 127.0.0.1 answering 200 to every POST and recording it."""
+    port = free_port()
+    receiver = Receiver(f"http://127.0.0.1:{port}/hook")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            with receiver.lock:
+                receiver.received.append({"headers": dict(self.headers), "body": json.loads(body)})
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    server.shutdown()
+    server.server_close()
+
+
+def submit(url: str, color: tuple[int, int, int], **kwargs: Any) -> str:
+    """POST one small JPEG to ``url``; returns the job id."""
+    files = {"file": (f"p{color[0]}-{color[1]}.jpg", jpeg_bytes(color=color), "image/jpeg")}
+    response = httpx.post(f"{url}/v1/jobs", files=files, timeout=30, **kwargs)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def wait_jobs(urls: list[str], ids: list[str], timeout: float = 120) -> dict[str, dict]:
+    """Poll (round-robin over ``urls``) until every job is finished; their JSON."""
+    deadline = time.monotonic() + timeout
+    done: dict[str, dict] = {}
+    turn = 0
+    while len(done) < len(ids):
+        for job_id in ids:
+            if job_id in done:
+                continue
+            turn += 1
+            with contextlib.suppress(httpx.HTTPError):
+                response = httpx.get(f"{urls[turn % len(urls)]}/v1/jobs/{job_id}", timeout=10)
+                if response.status_code == 200:
+                    body = response.json()
+                    if body["status"] in ("succeeded", "failed", "canceled"):
+                        done[job_id] = body
+        if time.monotonic() > deadline:
+            missing = [i for i in ids if i not in done]
+            raise AssertionError(f"{len(missing)} job(s) unfinished after {timeout}s: {missing}")
+        time.sleep(0.1)
+    return done

@@ -1,0 +1,129 @@
+"""The entry points: render a scene through cameras, or one preview still.
+
+``render_frames(gaussians, cameras)`` picks a backend (``auto``: gsplat on CUDA when it
+is installed, else the pure-PyTorch rasterizer), uploads the scene once and yields one
+uint8 sRGB image per camera.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+
+from mlsharp.errors import ConfigError, DeviceError
+from mlsharp.gaussians import Gaussians
+from mlsharp.render.camera import Camera, camera_at, output_size
+from mlsharp.render.color import Background, parse_background, srgb_to_linear, to_uint8
+from mlsharp.render.gsplat_backend import gsplat_available, rasterize_gsplat
+from mlsharp.render.project import LOW_PASS
+from mlsharp.render.scene import SceneTensors
+from mlsharp.render.torch_backend import DEFAULT_TILE_SIZE, rasterize_torch
+
+Backend = Literal["auto", "torch", "gsplat"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "gsplat")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend (``torch`` or ``gsplat``) for ``backend`` on ``device``.
+
+    Raises:
+        ConfigError: unknown backend name, or ``gsplat`` asked for but not installed.
+        DeviceError: ``gsplat`` asked for on a device other than CUDA.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(
+            f"unknown render backend {backend!r} (choose from: {', '.join(BACKENDS)})"
+        )
+    if backend == "auto":
+        return "gsplat" if gsplat_available(device) else "torch"
+    if backend == "gsplat":
+        if device.type != "cuda":
+            raise DeviceError(f"the gsplat backend needs a CUDA device, not {device.type!r}")
+        if not gsplat_available(device):
+            raise ConfigError("the gsplat backend needs the gsplat package (pip install gsplat)")
+    return backend
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    from mlsharp.device import resolve_device
+
+    return resolve_device(device)
+
+
+def render_frames(
+    gaussians: Gaussians,
+    cameras: Sequence[Camera],
+    *,
+    backend: Backend = "auto",
+    device: str | torch.device = "auto",
+    background: str | Sequence[float] = "black",
+    low_pass: float = LOW_PASS,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    chunk: int | None = None,
+) -> Iterator[np.ndarray]:
+    """Render ``gaussians`` through each camera; yields (H, W, 3) uint8 sRGB images.
+
+    Options are checked (and the scene is uploaded to the device) before the first frame
+    is asked for, so bad options fail at the call rather than during iteration.
+
+    Args:
+        gaussians: the scene (OpenCV camera frame).
+        cameras: the views, e.g. from :func:`~mlsharp.render.trajectory.make_trajectory`.
+        backend: ``auto`` (gsplat on CUDA when installed, else ``torch``), ``torch`` or
+            ``gsplat``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a ``torch.device``.
+        background: ``black``, ``white``, ``#rrggbb`` or three sRGB floats in [0, 1].
+        low_pass: screen-space dilation in px² (3DGS: 0.3; Apple's renderer uses 0).
+        tile_size, chunk: pure-PyTorch rasterizer knobs (ignored by gsplat).
+
+    Raises:
+        ConfigError, DeviceError: invalid backend, device or background.
+    """
+    torch_device = _device(device)
+    chosen = resolve_backend(backend, torch_device)
+    bg_srgb = torch.tensor(parse_background(background), dtype=torch.float32)
+    scene = SceneTensors.from_gaussians(gaussians, torch_device)
+    bg = srgb_to_linear(bg_srgb) if scene.linear else bg_srgb
+    knobs = {"tile_size": tile_size} | ({"chunk": chunk} if chunk else {})
+
+    def frames() -> Iterator[np.ndarray]:
+        for camera in cameras:
+            if chosen == "gsplat":
+                image, _ = rasterize_gsplat(scene, camera, bg, low_pass=low_pass)
+            else:
+                image, _ = rasterize_torch(scene, camera, bg, low_pass=low_pass, **knobs)
+            yield to_uint8(image, linear=scene.linear).cpu().numpy()
+
+    return frames()
+
+
+def render_preview(
+    gaussians: Gaussians,
+    width: int | None = None,
+    height: int | None = None,
+    *,
+    max_side: int = 512,
+    backend: Backend = "auto",
+    device: str | torch.device = "cpu",
+    background: str | Background = "black",
+) -> np.ndarray:
+    """One still from the photo's own viewpoint, as an (H, W, 3) uint8 sRGB array.
+
+    With neither ``width`` nor ``height`` the photo's aspect ratio is fitted into
+    ``max_side``; with one of them the other follows the aspect ratio. Use
+    :func:`~mlsharp.render.video.encode_png` for PNG bytes (e.g. a thumbnail).
+    """
+    size = output_size(gaussians.image_size, width, height, max_side=max_side)
+    frames = render_frames(
+        gaussians,
+        [camera_at(gaussians, size)],
+        backend=backend,
+        device=device,
+        background=background,
+    )
+    return next(iter(frames))

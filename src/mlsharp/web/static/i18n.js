@@ -1,0 +1,245 @@
+// UI text in English and Simplified Chinese. Elements carry data-i18n="key" (their text)
+// and data-i18n-attr="attribute:key;..." (attributes); code calls t(key, params).
+
+const STORAGE_KEY = "mlsharp.lang";
+
+export const LANGUAGES = ["en", "zh-CN"];
+
+const STRINGS = {
+  en: {
+    title: "MLSharp 3D Maker",
+    skipToViewer: "Skip to the 3D viewer",
+    language: "Language",
+    apiKey: "API key",
+    apiKeyHelp: "This server asks for an API key. It is kept in this browser only.",
+    apiKeyNeeded: "This server needs an API key: enter it above, then try again.",
+    apiKeyWrong: "The API key was refused: check it above.",
+    apiKeySaved: "API key saved.",
+    apiKeyForgotten: "API key removed from this browser.",
+    save: "Save",
+    forget: "Forget",
+    uploadHeading: "1. Choose a photo",
+    dropHint: "Drop a photo here, paste it, or press to choose a file",
+    dropFormats: "JPEG, PNG, WebP, HEIC, TIFF, BMP",
+    focal: "Focal length (35 mm equivalent, optional)",
+    focalHelp: "Leave empty to use the photo's EXIF data (or 30 mm).",
+    formats: "Output formats",
+    submit: "Make it 3D",
+    selected: "Selected: {name} ({size})",
+    uploading: "Uploading {name}…",
+    viewerHeading: "2. Look around",
+    viewerEmpty: "Your 3D scene appears here.",
+    viewerTools: "Viewer tools",
+    controls: "Controls",
+    orbit: "Orbit",
+    fly: "Fly",
+    resetView: "Reset view",
+    fullscreen: "Fullscreen",
+    quality: "Quality",
+    qualityFull: "Full",
+    qualityLight: "Light (weak GPUs)",
+    controlsHelp:
+      "Orbit: drag to turn, right-drag or two fingers to move, wheel or pinch to zoom. " +
+      "Fly: click the view, then W A S D / arrow keys, drag to look.",
+    downloads: "Download",
+    downloadAs: "Download {format}",
+    historyHeading: "Recent jobs",
+    historyEmpty: "No jobs yet.",
+    refresh: "Refresh",
+    open: "Open",
+    follow: "Follow",
+    footer: "Runs Apple's SHARP model on this server. Viewer: Spark and three.js (MIT).",
+    apiDocs: "API documentation",
+    "stage.queued": "Waiting in the queue",
+    "stage.decode": "Reading the photo",
+    "stage.preprocess": "Preparing the image",
+    "stage.inference": "Running the network",
+    "stage.postprocess": "Building the 3D Gaussians",
+    "stage.write": "Writing the files",
+    "stage.done": "Done",
+    "stage.failed": "Failed",
+    "stage.canceled": "Canceled",
+    "status.queued": "queued",
+    "status.running": "running",
+    "status.succeeded": "done",
+    "status.failed": "failed",
+    "status.canceled": "canceled",
+    progress: "{stage} — {percent}%",
+    downloadingScene: "Downloading the 3D scene… {percent}",
+    preparingViewer: "Preparing the viewer…",
+    sceneReady: "{count} splats. Drag to look around.",
+    reconnecting: "Connection lost; reconnecting…",
+    "error.title": "Something went wrong",
+    "error.network": "Cannot reach the server. Check your connection and try again.",
+    "error.unauthorized": "An API key is required.",
+    "error.forbidden": "The API key is not valid.",
+    "error.invalid_image": "This file is not a photo the server can read.",
+    "error.empty_file": "The file is empty.",
+    "error.image_too_large": "The photo is too large.",
+    "error.payload_too_large": "The file is too large for this server.",
+    "error.queue_full": "The server is busy. Try again in a minute.",
+    "error.rate_limited": "Too many requests. Wait a moment and try again.",
+    "error.validation_error": "The server did not accept the request.",
+    "error.invalid_format": "The server does not offer this output format.",
+    "error.not_found": "The job was not found (it may have expired).",
+    "error.conflict": "The result is not available.",
+    "error.job_failed": "The job failed.",
+    "error.job_canceled": "The job was canceled.",
+    "error.job_deleted": "The job was deleted.",
+    "error.file_too_large": "The file is {size}; this server accepts at most {limit}.",
+    "error.no_file": "Choose a photo first.",
+    "error.webgl": "This browser cannot show 3D scenes (WebGL 2 is not available).",
+    "error.viewer": "The 3D viewer could not show this scene.",
+    "error.no_viewable": "This job has no format the viewer can show ({formats}).",
+    "error.http": "The server answered with an error (HTTP {status}).",
+  },
+  "zh-CN": {
+    title: "MLSharp 3D 生成器",
+    skipToViewer: "跳到 3D 查看器",
+    language: "语言",
+    apiKey: "API 密钥",
+    apiKeyHelp: "此服务器需要 API 密钥。密钥只保存在本浏览器中。",
+    apiKeyNeeded: "此服务器需要 API 密钥：请在上方输入后重试。",
+    apiKeyWrong: "API 密钥被拒绝：请检查上方的密钥。",
+    apiKeySaved: "API 密钥已保存。",
+    apiKeyForgotten: "已从本浏览器删除 API 密钥。",
+    save: "保存",
+    forget: "删除",
+    uploadHeading: "1. 选择照片",
+    dropHint: "将照片拖到这里、粘贴，或点击选择文件",
+    dropFormats: "JPEG、PNG、WebP、HEIC、TIFF、BMP",
+    focal: "焦距（35 毫米等效，可选）",
+    focalHelp: "留空则使用照片的 EXIF 信息（或 30 毫米）。",
+    formats: "输出格式",
+    submit: "生成 3D",
+    selected: "已选择：{name}（{size}）",
+    uploading: "正在上传 {name}…",
+    viewerHeading: "2. 四处看看",
+    viewerEmpty: "3D 场景将显示在这里。",
+    viewerTools: "查看器工具",
+    controls: "操作方式",
+    orbit: "环绕",
+    fly: "飞行",
+    resetView: "重置视角",
+    fullscreen: "全屏",
+    quality: "画质",
+    qualityFull: "完整",
+    qualityLight: "精简（低性能显卡）",
+    controlsHelp:
+      "环绕：拖动旋转，右键拖动或双指移动，滚轮或双指缩放。" +
+      "飞行：先点击画面，再用 W A S D / 方向键移动，拖动改变视线。",
+    downloads: "下载",
+    downloadAs: "下载 {format}",
+    historyHeading: "最近的任务",
+    historyEmpty: "还没有任务。",
+    refresh: "刷新",
+    open: "打开",
+    follow: "查看进度",
+    footer: "在此服务器上运行 Apple 的 SHARP 模型。查看器：Spark 与 three.js（MIT）。",
+    apiDocs: "API 文档",
+    "stage.queued": "排队等待中",
+    "stage.decode": "读取照片",
+    "stage.preprocess": "准备图像",
+    "stage.inference": "运行神经网络",
+    "stage.postprocess": "生成 3D 高斯",
+    "stage.write": "写入文件",
+    "stage.done": "完成",
+    "stage.failed": "失败",
+    "stage.canceled": "已取消",
+    "status.queued": "排队中",
+    "status.running": "处理中",
+    "status.succeeded": "完成",
+    "status.failed": "失败",
+    "status.canceled": "已取消",
+    progress: "{stage} — {percent}%",
+    downloadingScene: "正在下载 3D 场景… {percent}",
+    preparingViewer: "正在准备查看器…",
+    sceneReady: "共 {count} 个高斯点。拖动即可四处查看。",
+    reconnecting: "连接中断，正在重新连接…",
+    "error.title": "出错了",
+    "error.network": "无法连接服务器。请检查网络后重试。",
+    "error.unauthorized": "需要 API 密钥。",
+    "error.forbidden": "API 密钥无效。",
+    "error.invalid_image": "服务器无法读取此文件，它不是受支持的照片。",
+    "error.empty_file": "文件是空的。",
+    "error.image_too_large": "照片太大。",
+    "error.payload_too_large": "文件超过了此服务器的大小限制。",
+    "error.queue_full": "服务器繁忙，请一分钟后重试。",
+    "error.rate_limited": "请求过于频繁，请稍后再试。",
+    "error.validation_error": "服务器不接受此请求。",
+    "error.invalid_format": "服务器不提供此输出格式。",
+    "error.not_found": "找不到该任务（可能已过期）。",
+    "error.conflict": "结果不可用。",
+    "error.job_failed": "任务失败。",
+    "error.job_canceled": "任务已取消。",
+    "error.job_deleted": "任务已被删除。",
+    "error.file_too_large": "文件大小为 {size}；此服务器最多接受 {limit}。",
+    "error.no_file": "请先选择一张照片。",
+    "error.webgl": "此浏览器无法显示 3D 场景（不支持 WebGL 2）。",
+    "error.viewer": "3D 查看器无法显示此场景。",
+    "error.no_viewable": "此任务没有查看器可显示的格式（{formats}）。",
+    "error.http": "服务器返回错误（HTTP {status}）。",
+  },
+};
+
+let current = "en";
+
+/** The language to start with: the remembered choice, else the browser's. */
+export function initialLanguage() {
+  let stored = null;
+  try {
+    stored = localStorage.getItem(STORAGE_KEY);
+  } catch {
+    // storage can be disabled; fall back to the browser's language
+  }
+  if (LANGUAGES.includes(stored)) return stored;
+  const preferred = navigator.languages?.length ? navigator.languages : [navigator.language];
+  for (const lang of preferred) {
+    if ((lang || "").toLowerCase().startsWith("zh")) return "zh-CN";
+    if ((lang || "").toLowerCase().startsWith("en")) return "en";
+  }
+  return "en";
+}
+
+/** The current language code. */
+export function language() {
+  return current;
+}
+
+/** Switch language, remember it, and re-translate `root`. */
+export function setLanguage(lang, root = document) {
+  current = LANGUAGES.includes(lang) ? lang : "en";
+  try {
+    localStorage.setItem(STORAGE_KEY, current);
+  } catch {
+    // not remembered; still switched
+  }
+  document.documentElement.lang = current;
+  translate(root);
+}
+
+/** Has the current language a string for `key`? */
+export function has(key) {
+  return key in STRINGS[current] || key in STRINGS.en;
+}
+
+/** The text of `key` in the current language, with {name} placeholders filled. */
+export function t(key, params = {}) {
+  const text = STRINGS[current][key] ?? STRINGS.en[key] ?? key;
+  const fill = (match, name) => (name in params ? String(params[name]) : match);
+  return text.replace(/\{(\w+)\}/g, fill);
+}
+
+/** Fill every data-i18n / data-i18n-attr element under `root`. */
+export function translate(root = document) {
+  for (const el of root.querySelectorAll("[data-i18n]")) {
+    el.textContent = t(el.dataset.i18n);
+  }
+  for (const el of root.querySelectorAll("[data-i18n-attr]")) {
+    for (const pair of el.dataset.i18nAttr.split(";")) {
+      const [attr, key] = pair.split(":");
+      if (attr && key) el.setAttribute(attr.trim(), t(key.trim()));
+    }
+  }
+  document.title = t("title");
+}

@@ -14,6 +14,7 @@ maps ``http_status`` to a JSON error. Anything that is *not* an ``MlsharpError``
     ├── DeviceError           the requested device is unavailable
     ├── OutputExists          the output file exists and overwriting was not asked for
     ├── ConfigError           an invalid option or setting value
+    ├── OutOfMemory           the device ran out of memory for this input and settings
     └── RequestError          the service refuses a request (the HTTP 4xx/503 family)
         ├── BadRequest        malformed parameters (400/422)
         ├── PayloadTooLarge   the request body exceeds the configured limit (413)
@@ -22,7 +23,8 @@ maps ``http_status`` to a JSON error. Anything that is *not* an ``MlsharpError``
         ├── NotFound          no such job, batch, webhook or result (404)
         ├── Conflict          the request clashes with the resource's state (409)
         ├── RateLimited       too many requests for this key (429, with retry_after)
-        └── QueueFull         the job queue is at its limit (503, with retry_after)
+        ├── QueueFull         the job queue is at its limit (503, with retry_after)
+        └── ServiceUnavailable  a backend (Redis, object storage) is unreachable (503)
 """
 
 from __future__ import annotations
@@ -95,6 +97,15 @@ class ConfigError(MlsharpError):
     code = "invalid_config"
 
 
+class OutOfMemory(MlsharpError):
+    """The device ran out of memory running the network; the message names the device,
+    resolution and precision and suggests what to lower. The engine stays usable."""
+
+    exit_code = 7
+    http_status = 503
+    code = "out_of_memory"
+
+
 class RequestError(MlsharpError):
     """The service refuses a request; ``http_status`` is the response status."""
 
@@ -164,6 +175,17 @@ class QueueFull(RequestError):
 
     http_status = 503
     code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: float = 5.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(RequestError):
+    """A backend the service needs (Redis, object storage) cannot be reached right now."""
+
+    http_status = 503
+    code = "service_unavailable"
 
     def __init__(self, message: str, *, retry_after: float = 5.0):
         super().__init__(message)

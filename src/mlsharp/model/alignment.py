@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlsharp.model.blocks import norm_act_conv_block
+from mlsharp.model.layers import Fp32GroupNorm
 
 
 class UNetEncoder(nn.Module):
@@ -26,7 +27,7 @@ class UNetEncoder(nn.Module):
         self.convs_down = nn.ModuleList()
         self.conv_in = nn.Sequential(
             nn.Conv2d(dim_in, widths[0], kernel_size=3, padding=1),
-            nn.GroupNorm(norm_groups, widths[0]),
+            Fp32GroupNorm(norm_groups, widths[0]),
             nn.ReLU(),
         )
         for width_in, width_out in itertools.pairwise(widths):
@@ -62,10 +63,10 @@ class UNetDecoder(nn.Module):
             for i in range(steps)
         )
         self.conv_out = nn.Sequential(
-            nn.GroupNorm(norm_groups, dims[-1] * 2),
+            Fp32GroupNorm(norm_groups, dims[-1] * 2),
             nn.ReLU(),
             nn.Conv2d(dims[-1] * 2, dim_out, kernel_size=1),
-            nn.GroupNorm(norm_groups, dim_out),
+            Fp32GroupNorm(norm_groups, dim_out),
             nn.ReLU(),
         )
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mlsharp.model.layers import Fp32GroupNorm
+
 
 class ResidualBlock(nn.Module):
     """``shortcut(x) + residual(x)``; the shortcut is the identity when absent."""
@@ -34,10 +36,10 @@ def norm_act_conv_block(
     """
     dim_hidden = dim_out // 2 if dim_hidden is None else dim_hidden
     residual = nn.Sequential(
-        nn.GroupNorm(norm_groups, dim_in),
+        Fp32GroupNorm(norm_groups, dim_in),
         nn.ReLU(),
         nn.Conv2d(dim_in, dim_hidden, kernel_size=3, padding=1),
-        nn.GroupNorm(norm_groups, dim_hidden),
+        Fp32GroupNorm(norm_groups, dim_hidden),
         nn.ReLU(),
         nn.Conv2d(dim_hidden, dim_out, kernel_size=3, padding=1),
     )

@@ -70,6 +70,12 @@ def inverse_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.log(x / (1.0 - x))
 
 
+# logit(1 / MAX_SCALE) rounded through float32 exactly as the reference computes it; a
+# module constant (not a tensor.item() per call) keeps the forward free of host syncs, so
+# torch.compile and CUDA graphs see one graph.
+_SCALE_OFFSET = inverse_sigmoid(torch.tensor(1.0 / MAX_SCALE)).item()
+
+
 def inverse_softplus(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Inverse of softplus, written as the reference does for identical rounding."""
     x = x.clamp_min(eps)
@@ -82,6 +88,14 @@ def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
     threshold = 0.04045
     safe = torch.where(x <= threshold, threshold, x)  # keep the power branch finite
     return torch.where(x <= threshold, x / 12.92, ((safe + 0.055) / 1.055) ** 2.4)
+
+
+def _filled(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """A float32 vector of ``values`` made by fills on ``device`` (no host-to-device copy)."""
+    out = torch.empty(len(values), device=device)
+    for index, value in enumerate(values):
+        out[index] = value
+    return out
 
 
 def _grid_ndc(size: int, stride: int, batch: int, layers: int, device: torch.device):
@@ -119,8 +133,10 @@ def initialize(image: torch.Tensor, depth: torch.Tensor, stride: int = 2) -> Ini
     x_ndc, y_ndc = _grid_ndc(width, stride, batch, layers, depth.device)
     scale_factor = 2 * 1.0 * stride / float(width)
     base_scales = torch.ones_like(disparity) / disparity * scale_factor
-    quaternions = torch.tensor([1.0, 0.0, 0.0, 0.0], device=depth.device)[None, :, None, None, None]
-    opacities = torch.tensor([min(1.0 / layers, 0.5)], device=depth.device)
+    # Constants are filled on the device (no host-to-device copy), which keeps the forward
+    # capturable in a CUDA graph.
+    quaternions = _filled((1.0, 0.0, 0.0, 0.0), depth.device)[None, :, None, None, None]
+    opacities = _filled((min(1.0 / layers, 0.5),), depth.device)
     colors = F.avg_pool2d(image, stride, stride)[:, :, None].repeat(1, 1, layers, 1, 1)
 
     network_input = 2.0 * torch.cat([image, 1.0 / depth], dim=1) - 1.0
@@ -137,7 +153,7 @@ def compose(
     delta: torch.Tensor, base: BaseGaussians, global_scale: torch.Tensor
 ) -> ComposedGaussians:
     """Apply the predicted deltas (B, 14, L, H, W) to the base values."""
-    factors = torch.tensor([DELTA_XY, DELTA_XY, DELTA_Z], device=delta.device)
+    factors = _filled((DELTA_XY, DELTA_XY, DELTA_Z), delta.device)
     offsets = factors[None, :, None, None, None] * delta[:, :3]
     xx = base.x_ndc + offsets[:, 0:1]
     yy = base.y_ndc + offsets[:, 1:2]
@@ -147,7 +163,7 @@ def compose(
 
     # The base scale follows the Gaussian when its depth moves.
     base_scales = base.scales * base.disparity * means[:, 2:3]
-    scale_offset = inverse_sigmoid(torch.tensor(1.0 / MAX_SCALE)).item()
+    scale_offset = _SCALE_OFFSET
     scales = base_scales * (
         MAX_SCALE * torch.sigmoid(SCALE_SLOPE * 1.0 * delta[:, 3:6] + scale_offset) + 0.0
     )

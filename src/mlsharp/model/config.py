@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 PresetName = Literal["sharp", "tiny"]
+#: ViT tiles are a multiple of this many tokens wide (see SharpConfig.resolution_step).
+TOKENS_PER_TILE_STEP = 8
 PRESETS: tuple[str, ...] = ("sharp", "tiny")
 
 
@@ -74,6 +76,32 @@ class SharpConfig:
     def num_gaussians(self) -> int:
         """Gaussians predicted per image."""
         return self.num_depth_layers * self.output_resolution**2
+
+    @property
+    def resolution_step(self) -> int:
+        """Every valid internal resolution is a multiple of this (512 px for 16-px patches).
+
+        The sliding-pyramid encoder cuts the image into 5x5 tiles of a quarter of its side
+        (25 % overlap) and stitches the ViT token grids back after trimming grid / 8 tokens
+        from every inner edge; the five feature maps only halve exactly from level to level
+        when that trim is a whole number of tokens. So a tile is 8k patches wide and the
+        image 4 x 8k x patch_size.
+        """
+        return 4 * TOKENS_PER_TILE_STEP * self.vit.patch_size
+
+    def valid_resolutions(self) -> tuple[int, ...]:
+        """Internal resolutions this architecture accepts, smallest first.
+
+        Multiples of :attr:`resolution_step` up to twice the native resolution (beyond
+        that the resampled position embedding is stretched far outside what the ViT was
+        trained on, and memory grows with the square of the side).
+        """
+        step = self.resolution_step
+        return tuple(range(step, 2 * self.internal_resolution + 1, step))
+
+    def num_gaussians_at(self, resolution: int) -> int:
+        """Gaussians predicted per image at internal resolution ``resolution``."""
+        return self.num_depth_layers * (resolution // self.stride) ** 2
 
 
 def preset(name: str) -> SharpConfig:

@@ -10,6 +10,9 @@ The internal image (4 ViT tiles wide: 1536 px for ``sharp``) is seen at three sc
 Tiles are encoded in one batch, stitched back into feature maps (overlaps trimmed), and
 upsampled with transposed convolutions into five maps at 1/2, 1/4, 1/8, 1/16 and 1/32 of
 the internal resolution (768, 384, 192, 96 and 48 px for ``sharp``).
+
+Other internal resolutions keep this layout with a proportionally smaller or larger tile
+(the ViT resamples its position embedding); see ``SharpConfig.valid_resolutions``.
 """
 
 from __future__ import annotations
@@ -69,9 +72,7 @@ class SlidingPyramidEncoder(nn.Module):
         super().__init__()
         vit = cfg.vit
         dims = cfg.encoder_dims
-        self.tile = vit.img_size
-        # Tokens trimmed per inner tile edge: half of the overlap, in tokens.
-        self.trim = int(vit.grid_size * 0.25 / 2)
+        self.patch_size = vit.patch_size
         self.latent_blocks = cfg.vit_hook_blocks[:2]
         self.dims = tuple(dims)
 
@@ -88,21 +89,25 @@ class SlidingPyramidEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         batch = image.shape[0]
+        # The tile is a quarter of the image (the ViT's native size at the preset's own
+        # resolution); inner tile edges lose half of the 25 % overlap: grid / 8 tokens.
+        tile = image.shape[-1] // 4
+        trim = int(tile // self.patch_size * 0.25 / 2)
         half = F.interpolate(image, scale_factor=0.5, mode="bilinear", align_corners=False)
         quarter = F.interpolate(image, scale_factor=0.25, mode="bilinear", align_corners=False)
 
-        tiles0 = split_into_tiles(image, self.tile, overlap=0.25)
-        tiles1 = split_into_tiles(half, self.tile, overlap=0.5)
+        tiles0 = split_into_tiles(image, tile, overlap=0.25)
+        tiles1 = split_into_tiles(half, tile, overlap=0.5)
         encoded, hooked = self.patch_encoder(torch.cat((tiles0, tiles1, quarter), dim=0))
         enc0, enc1, enc2 = torch.split(encoded, [len(tiles0), len(tiles1), len(quarter)], dim=0)
 
         # Intermediate tokens of the full-resolution tiles give the two finest maps.
         n0 = len(tiles0)
         to_map = self.patch_encoder.tokens_to_map
-        latent0 = merge_tiles(to_map(hooked[self.latent_blocks[0]][:n0]), batch, self.trim)
-        latent1 = merge_tiles(to_map(hooked[self.latent_blocks[1]][:n0]), batch, self.trim)
-        features0 = merge_tiles(enc0, batch, self.trim)
-        features1 = merge_tiles(enc1, batch, 2 * self.trim)
+        latent0 = merge_tiles(to_map(hooked[self.latent_blocks[0]][:n0]), batch, trim)
+        latent1 = merge_tiles(to_map(hooked[self.latent_blocks[1]][:n0]), batch, trim)
+        features0 = merge_tiles(enc0, batch, trim)
+        features1 = merge_tiles(enc1, batch, 2 * trim)
 
         lowres, _ = self.image_encoder(quarter)
         features2 = self.upsample2(enc2)

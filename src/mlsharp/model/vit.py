@@ -10,15 +10,22 @@ not usable here (it imports torchvision), so this module rebuilds the same compu
         x = x + gamma1 * attn(LN(x))
         x = x + gamma2 * mlp(LN(x))            # GELU (exact erf form)
     out = LN(x)
+
+Images of another size than ``img_size`` (another internal resolution, see
+``SharpConfig.valid_resolutions``) use the learned position embedding resampled bicubically
+to their token grid, as DINOv2 does; at ``img_size`` it is used as stored.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mlsharp.model.config import ViTConfig
+from mlsharp.model.layers import Fp32LayerNorm, fp32_region
 
 
 class PatchEmbed(nn.Module):
@@ -82,10 +89,10 @@ class Block(nn.Module):
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         dim = cfg.embed_dim
-        self.norm1 = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        self.norm1 = Fp32LayerNorm(dim, eps=cfg.layer_norm_eps)
         self.attn = Attention(dim, cfg.num_heads)
         self.ls1 = LayerScale(dim)
-        self.norm2 = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        self.norm2 = Fp32LayerNorm(dim, eps=cfg.layer_norm_eps)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
         self.ls2 = LayerScale(dim)
 
@@ -111,21 +118,40 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, cfg.embed_dim))
         self.patch_embed = PatchEmbed(cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.norm = Fp32LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
         # Classification head of the pretraining task: never called, kept so the released
         # checkpoint loads strictly.
         self.head = nn.Linear(cfg.embed_dim, cfg.num_classes)
 
     def tokens_to_map(self, tokens: torch.Tensor) -> torch.Tensor:
         """Drop the cls token and fold (B, 1 + g*g, C) into a (B, C, g, g) map."""
-        batch, _, channels = tokens.shape
-        grid = self.cfg.grid_size
+        batch, count, channels = tokens.shape
+        grid = math.isqrt(count - 1)
         return tokens[:, 1:, :].reshape(batch, grid, grid, channels).permute(0, 3, 1, 2)
+
+    def position_embedding(self, grid: int) -> torch.Tensor:
+        """The (1, 1 + grid**2, C) position embedding for a ``grid`` x ``grid`` token image.
+
+        The stored embedding is for ``cfg.grid_size``; other grids get its patch part
+        resampled (bicubic, corners not aligned); the cls position is kept.
+        """
+        if grid == self.cfg.grid_size:
+            return self.pos_embed
+        stored = self.cfg.grid_size
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        patch_pos = patch_pos.reshape(1, stored, stored, -1).permute(0, 3, 1, 2).float()
+        with fp32_region(patch_pos.device):
+            patch_pos = F.interpolate(
+                patch_pos, size=(grid, grid), mode="bicubic", align_corners=False
+            )
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)
+        return torch.cat((cls_pos, patch_pos.to(cls_pos.dtype)), dim=1)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         x = self.patch_embed(image)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
-        x = torch.cat((cls, x), dim=1) + self.pos_embed
+        grid = image.shape[-1] // self.cfg.patch_size
+        x = torch.cat((cls, x), dim=1) + self.position_embedding(grid)
         hooked: dict[int, torch.Tensor] = {}
         for index, block in enumerate(self.blocks):
             x = block(x)

@@ -28,6 +28,10 @@ class RuntimeOptions:
         cuda_graphs: capture the fixed-shape forward in a CUDA graph (CUDA only).
         resolution: internal resolution the network runs at (``None``: the preset's own,
             1536 for ``sharp``); must be one of the values the architecture accepts.
+        fast_postprocess: decompose the covariances with the float32 Jacobi solver on the
+            device instead of the float64 reference eigendecomposition.
+        batch_size: images per forward in ``Engine.predict_many`` (``None``: estimated
+            from free memory on CUDA, 1 elsewhere).
     """
 
     precision: Precision = "fp32"
@@ -35,6 +39,8 @@ class RuntimeOptions:
     compile: bool = False
     cuda_graphs: bool = False
     resolution: int | None = None
+    fast_postprocess: bool = False
+    batch_size: int | None = None
 
     def label(self) -> str:
         """A short human-readable name, e.g. ``bf16+channels_last+compile``."""
@@ -42,6 +48,8 @@ class RuntimeOptions:
         parts += [f.name for f in fields(self) if f.type == "bool" and getattr(self, f.name)]
         if self.resolution is not None:
             parts.append(f"{self.resolution}px")
+        if self.batch_size is not None:
+            parts.append(f"batch{self.batch_size}")
         return "+".join(parts)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,237 @@
+"""Memory safety: out-of-memory errors, cache release, the reclaim policy and its metrics.
+
+The out-of-memory test makes allocation really fail: a child process caps its own address
+space (``RLIMIT_AS``) just above what the loaded engine uses, so a batch of four photos
+at 1024 px cannot be allocated while a single photo still can.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import httpx
+import pytest
+import torch
+
+from mlsharp.errors import MlsharpError, OutOfMemory
+from mlsharp.runtime.memory import (
+    MemoryGuard,
+    memory_use,
+    out_of_memory_reason,
+    release_cached_memory,
+    run_guarded,
+)
+from tests.conftest import REPO
+
+CPU = torch.device("cpu")
+
+CHILD = textwrap.dedent(
+    """
+    import json, resource, sys
+    from mlsharp.engine import Engine
+    from mlsharp.errors import OutOfMemory
+    from mlsharp.imaging import load_image
+    from mlsharp.runtime.options import RuntimeOptions
+    from tests.test_precision import structured_photo
+
+    def vm_size():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmSize"):
+                return int(line.split()[1]) * 1024
+
+    engine = Engine.load(sys.argv[1], preset="tiny", device="cpu", download=False,
+                         options=RuntimeOptions(resolution=1024))
+    photo = load_image(structured_photo(64, 48), focal_mm=30)
+    engine.predict(photo)  # warm: thread pools and allocator arenas exist now
+    report = {"base": vm_size()}
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    # One photo needs < 60 MB more address space here, a batch of four ~800 MB.
+    resource.setrlimit(resource.RLIMIT_AS, (report["base"] + 256 * 2**20, hard))
+    try:
+        engine.predict_many([photo] * 4, batch_size=4)
+        report["batch"] = "succeeded"
+    except OutOfMemory as error:
+        report["batch"] = str(error)
+    report["after_oom"] = vm_size()
+    report["single_under_limit"] = len(engine.predict(photo))
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    report["batch_after_raise"] = [len(g) for g in engine.predict_many([photo] * 4, batch_size=4)]
+    report["oom_releases"] = engine.memory_guard.releases["oom"]
+    print(json.dumps(report))
+    """
+)
+
+
+def test_forced_allocation_failure_is_out_of_memory_and_the_engine_recovers(
+    tiny_checkpoint,
+):
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tiny_checkpoint)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    message = report["batch"]
+    assert message.startswith("out of memory on cpu while running 4 images at 1024x1024 px in fp32")
+    assert "can't allocate memory" in message or "Cannot allocate memory" in message
+    assert "try a lower precision (bf16 or fp16)" in message
+    assert "a smaller resolution (512)" in message and "a batch size of 1" in message
+    # The failed batch's memory was handed back, so the next photo fits under the same cap.
+    assert report["after_oom"] < report["base"] + 128 * 2**20
+    assert report["batch_after_raise"] == [report["single_under_limit"]] * 4
+    assert report["single_under_limit"] == 4 * 2 * 256**2  # tiny at 1024 px
+    assert report["oom_releases"] == 1
+
+
+def test_real_allocator_failures_are_recognised():
+    try:
+        torch.empty(2**50, dtype=torch.uint8)  # 1 PiB: the CPU allocator refuses it
+    except RuntimeError as error:
+        reason = out_of_memory_reason(error)
+    else:
+        pytest.skip("this machine allocated a petabyte")
+    assert reason is not None and "can't allocate memory" in reason
+    assert not reason.startswith("[enforce fail")
+    assert out_of_memory_reason(RuntimeError("shape mismatch")) is None
+    assert out_of_memory_reason(ValueError("out of memory")) is None
+
+
+def test_run_guarded_converts_only_allocation_failures():
+    released: list[str] = []
+
+    def huge() -> torch.Tensor:
+        return torch.empty(2**50, dtype=torch.uint8)
+
+    with pytest.raises(OutOfMemory) as caught:
+        run_guarded(
+            huge,
+            device=CPU,
+            context="testing",
+            advice="try less",
+            release=lambda: released.append("done"),
+        )
+    assert str(caught.value).startswith("out of memory on cpu while testing (")
+    assert str(caught.value).endswith("; try less")
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
+    assert isinstance(caught.value, MlsharpError) and caught.value.exit_code == 7
+    assert caught.value.http_status == 503 and caught.value.code == "out_of_memory"
+    assert released == ["done"]
+    with pytest.raises(ValueError, match="a bug"):
+        run_guarded(lambda: (_ for _ in ()).throw(ValueError("a bug")), device=CPU, context="x")
+    assert run_guarded(lambda: 42, device=CPU, context="x") == 42
+
+
+def test_release_returns_freed_heap_to_the_system():
+    # glibc keeps freed small blocks in the heap; malloc_trim (used on CPUs) returns them.
+    child = textwrap.dedent(
+        """
+        import json, torch
+        from mlsharp.runtime.memory import memory_use, release_cached_memory
+        blocks = [bytearray(64 * 1024) for _ in range(6000)]  # ~390 MB of heap blocks
+        keep = blocks[-1]
+        del blocks[:-1]
+        before = memory_use(torch.device("cpu"))[0]
+        release_cached_memory(torch.device("cpu"))
+        after = memory_use(torch.device("cpu"))[0]
+        print(json.dumps({"before": before, "after": after}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["before"] - figures["after"] > 200 * 2**20, figures
+
+
+def test_memory_use_on_cpu_is_rss_and_ram():
+    used, total = memory_use(CPU)
+    assert 0 < used < total
+
+
+def test_guard_reclaims_above_the_threshold_only():
+    reasons: list[str] = []
+    guard = MemoryGuard(CPU, reclaim_threshold=1e-9, on_release=reasons.append)
+    assert guard.after_job() is True
+    assert reasons == ["threshold"] and guard.releases["threshold"] == 1
+    relaxed = MemoryGuard(CPU, reclaim_threshold=1.0, on_release=reasons.append)
+    assert relaxed.after_job() is False
+    assert MemoryGuard(CPU).after_job() is False  # no threshold configured
+    assert reasons == ["threshold"]
+
+
+def test_guard_releases_once_per_idle_period():
+    guard = MemoryGuard(CPU, idle_seconds=0.05)
+    assert guard.maybe_release_idle() is False  # nothing happened yet
+    guard.note_activity()
+    assert guard.maybe_release_idle() is False  # not idle long enough
+    time.sleep(0.1)
+    assert guard.maybe_release_idle() is True
+    assert guard.maybe_release_idle() is False  # once per idle period
+    guard.after_job()
+    time.sleep(0.1)
+    assert guard.maybe_release_idle() is True
+    assert guard.releases["idle"] == 2
+    assert MemoryGuard(CPU, idle_seconds=0).maybe_release_idle() is False
+
+
+def test_release_on_cpu_without_cuda_is_safe():
+    release_cached_memory(CPU)  # gc + malloc_trim; must not touch CUDA
+
+
+def test_service_counts_memory_releases_in_metrics(tmp_path, tiny_checkpoint):
+    from tests.service.conftest import jpeg_bytes, run_live_server
+
+    with run_live_server(
+        tmp_path, tiny_checkpoint, memory_reclaim_threshold=1e-9, memory_release_idle_seconds=0.2
+    ) as server:
+        job = server.submit(jpeg_bytes()).json()
+        assert server.wait_job(job["id"])["status"] == "succeeded"
+        deadline = time.monotonic() + 20
+        text = ""
+        while time.monotonic() < deadline:
+            text = httpx.get(f"{server.url}/metrics").text
+            if 'mlsharp_memory_releases_total{reason="idle"}' in text:
+                break
+            time.sleep(0.2)
+    lines = {
+        line.split(" ")[0]: line.split(" ")[1] for line in text.splitlines() if line[:1] != "#"
+    }
+    assert float(lines['mlsharp_memory_releases_total{reason="threshold"}']) >= 1
+    assert float(lines['mlsharp_memory_releases_total{reason="idle"}']) >= 1
+
+
+def test_settings_validate_memory_options():
+    from mlsharp.config import Settings
+    from mlsharp.errors import ConfigError
+
+    settings = Settings.load(None, memory_reclaim_threshold=0.8, memory_release_idle_seconds=30)
+    assert settings.memory_reclaim_threshold == 0.8
+    with pytest.raises(ConfigError, match="memory_reclaim_threshold"):
+        Settings.load(None, memory_reclaim_threshold=1.5)
+    with pytest.raises(ConfigError, match="memory_release_idle_seconds"):
+        Settings.load(None, memory_release_idle_seconds=-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_out_of_memory_is_recognised_and_cache_released():
+    device = torch.device("cuda")
+    total = torch.cuda.get_device_properties(device).total_memory
+    with pytest.raises(OutOfMemory, match="out of memory on cuda"):
+        run_guarded(
+            lambda: torch.empty(2 * total, dtype=torch.uint8, device=device),
+            device=device,
+            context="testing",
+        )
+    kept = torch.empty(2**28, dtype=torch.uint8, device=device)
+    del kept
+    assert torch.cuda.memory_reserved(device) > 0
+    release_cached_memory(device)
+    assert torch.cuda.memory_reserved(device) == 0

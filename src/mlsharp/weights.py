@@ -74,6 +74,7 @@ __all__ = [
     "download_checkpoint",
     "load_into",
     "load_state_dict",
+    "memoized_sha256",
     "resolve_checkpoint",
     "sha256_file",
 ]
@@ -174,6 +175,37 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             h.update(chunk)
     return h.hexdigest()
+
+
+def memoized_sha256(path: str | os.PathLike[str], memo_file: Path | None = None) -> str:
+    """SHA-256 of a file, remembered per (resolved path, size, mtime) in ``memo_file``.
+
+    Hashing Apple's 2.6 GB checkpoint takes seconds; this makes the second call instant.
+    ``memo_file`` defaults to ``cache_dir() / "checkpoint-digests.json"``. A changed file
+    (size or mtime) is hashed again; an unreadable memo is ignored and rewritten
+    atomically. Concurrent writers may drop each other's new entries (they are recomputed).
+    """
+    import json
+
+    from mlsharp._atomic import atomic_write
+
+    file = Path(path)
+    stat = file.stat()
+    memo_path = memo_file if memo_file is not None else cache_dir() / "checkpoint-digests.json"
+    ident = f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+        if not isinstance(memo, dict):
+            memo = {}
+    except (OSError, ValueError):
+        memo = {}
+    digest = memo.get(ident)
+    if not isinstance(digest, str):
+        digest = sha256_file(file)
+        memo[ident] = digest
+        with contextlib.suppress(OSError):  # a read-only cache only costs a re-hash later
+            atomic_write(memo_path, [json.dumps(memo, indent=1).encode()])
+    return digest
 
 
 # --------------------------------------------------------------------------------------

@@ -40,11 +40,18 @@ def stage_times(args: argparse.Namespace) -> list[tuple[str, float]]:
 
     from mlsharp.engine import Engine
     from mlsharp.imaging import load_image
+    from mlsharp.runtime.options import RuntimeOptions
     from mlsharp.splat import write_ply
 
+    extra = shlex.split(args.extra)
+    options = RuntimeOptions(
+        precision=extra[extra.index("--precision") + 1] if "--precision" in extra else "fp32"
+    )
     rows = []
     start = time.perf_counter()
-    engine = Engine.load(args.checkpoint, preset=args.preset, device=args.device, progress=False)
+    engine = Engine.load(
+        args.checkpoint, preset=args.preset, device=args.device, progress=False, options=options
+    )
     rows.append(("build model + load checkpoint", time.perf_counter() - start))
     rows.append(("  (peak RSS after load, GB)", peak_rss_gb()))
     start = time.perf_counter()
@@ -95,6 +102,7 @@ def compare(args: argparse.Namespace) -> list[tuple[int, float, float, float, fl
                 "-q",
                 "--preset",
                 args.preset,
+                *shlex.split(args.extra),
             ]
             other = shlex.split(
                 args.compare.format(img=args.image, out=out_b, ckpt=args.checkpoint)
@@ -114,6 +122,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default="sharp")
     parser.add_argument("--compare", help="other command; {img} {out} {ckpt} are filled in")
+    parser.add_argument(
+        "--extra", default="", help="more `mlsharp predict` options, e.g. '--precision bf16'"
+    )
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--stages-only", action="store_true")
     args = parser.parse_args()
@@ -132,7 +143,7 @@ def main() -> None:
         )
         for run, wa, wb, ra, rb in compare(args):
             print(
-                f"| {run} | {wa:.1f} | {wb:.1f} | {wa / wb:.2f} | {ra:.2f} | {rb:.2f} "
+                f"| {run} {args.extra} | {wa:.1f} | {wb:.1f} | {wa / wb:.2f} | {ra:.2f} | {rb:.2f} "
                 f"| {ra / rb:.2f} |"
             )
 

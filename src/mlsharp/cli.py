@@ -15,8 +15,13 @@ from collections.abc import Sequence
 from mlsharp._version import __version__
 from mlsharp.choices import LOG_FORMATS, PRESET_CHOICES, check_device_name
 from mlsharp.errors import MlsharpError
+from mlsharp.runtime.options import PRECISION_CHOICES
 
 EXIT_INTERRUPTED = 130
+
+#: Coordinate frames of the viewer formats (mirrors mlsharp.splat.FRAMES, kept here so
+#: ``--help`` does not import NumPy).
+FRAME_CHOICES = ("opencv", "opengl")
 
 #: Each command's runner as (module, function), imported only when the command runs so
 #: heavy modules stay out of ``--help``. A runner takes the parsed arguments and returns
@@ -25,8 +30,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("mlsharp.commands.predict", "run_predict"),
     "download": ("mlsharp.commands.download", "run_download"),
     "serve": ("mlsharp.commands.serve", "run_serve"),
+    "worker": ("mlsharp.commands.worker", "run_worker"),
     "config": ("mlsharp.commands.serve", "run_config"),
     "random-checkpoint": ("mlsharp.commands.random_checkpoint", "run_random_checkpoint"),
+    "convert": ("mlsharp.commands.convert", "run_convert"),
+    "doctor": ("mlsharp.commands.doctor", "run_doctor"),
+    "autotune": ("mlsharp.commands.autotune", "run_autotune"),
+    "render": ("mlsharp.commands.render", "run_render"),
 }
 
 # Runners that also take the parser (to print their own usage).
@@ -61,6 +71,30 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """``--precision``, ``--resolution`` and ``--batch-size`` (docs/runtime.md)."""
+    parser.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        help="network precision: fp32 (reference, default), tf32 (NVIDIA Ampere+), bf16 or "
+        "fp16 (autocast); $MLSHARP_PRECISION",
+    )
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        metavar="PX",
+        help="internal resolution, a multiple of 512 up to twice the preset's (sharp: 1536); "
+        "lower is faster and uses less memory; $MLSHARP_RESOLUTION",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="images per forward (default: what fits in free GPU memory, 1 on CPU); "
+        "$MLSHARP_BATCH_SIZE",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mlsharp`` command (no heavy imports)."""
     parser = argparse.ArgumentParser(
@@ -73,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict",
         help="turn photos into 3D Gaussian splats (.ply)",
-        description="Predict a 3D Gaussian scene for each photo; writes OUTDIR/<stem>.ply. "
+        description="Predict a 3D Gaussian scene for each photo; writes OUTDIR/<stem>.ply "
+        "(other formats with --format). "
         "Folders are searched recursively by extension.",
     )
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
@@ -85,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MM",
         help="35 mm-equivalent focal length, overriding EXIF (default: EXIF, else 30 mm)",
     )
+    predict.add_argument(
+        "--format",
+        default="ply",
+        metavar="FMT[,FMT...]",
+        help="output formats, comma-separated: ply (reference layout, default), ply-standard, "
+        "splat, spz, depth (= depth PNG + .npy + preview), depth-npy, depth-preview",
+    )
+    predict.add_argument(
+        "--frame",
+        choices=FRAME_CHOICES,
+        help="coordinate frame of ply-standard, splat and spz outputs (default: opencv for "
+        "ply-standard and splat, opengl for spz; see docs/formats.md)",
+    )
+    _add_runtime_options(predict)
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument("--offline", action="store_true", help="never download the checkpoint")
     predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -110,10 +159,51 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, help="in-process inference workers (default 1; 0: API only)"
     )
+    _add_runtime_options(serve)
     serve.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json logs")
     serve.add_argument(
         "--offline", action="store_true", default=None, help="never download the checkpoint"
     )
+    serve.add_argument(
+        "--autotune",
+        action="store_true",
+        default=None,
+        help="run with the options `mlsharp autotune` chose for this device (tuned at start-up "
+        "if not cached yet); $MLSHARP_AUTOTUNE",
+    )
+    serve.add_argument(
+        "--queue",
+        metavar="redis://HOST:PORT/DB",
+        help="scale-out: jobs in Redis, run by `mlsharp worker`s; API only unless --workers "
+        "($MLSHARP_QUEUE; docs/deployment.md)",
+    )
+
+    worker = commands.add_parser(
+        "worker",
+        help="run jobs from the Redis queue on one device (scale-out, see docs/deployment.md)",
+        description="Load the model once, then take jobs from the queue one at a time. "
+        "SIGTERM drains: the job in hand finishes (or goes back to the queue). Start one "
+        "worker per GPU (--device cuda:N).",
+    )
+    worker.add_argument("--queue", metavar="redis://HOST:PORT/DB", help="$MLSHARP_QUEUE")
+    worker.add_argument("--data-dir", metavar="DIR", help="shared data dir ($MLSHARP_DATA_DIR)")
+    worker.add_argument("--config", metavar="FILE", help="YAML, JSON or TOML settings file")
+    _add_model_options(worker)
+    worker.add_argument(
+        "--offline", action="store_true", default=None, help="never download the checkpoint"
+    )
+    worker.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port"
+    )
+    worker.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="on SIGTERM, wait this long for the job in hand (default 60)",
+    )
+    worker.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json logs")
+    worker.add_argument("--debug-job-delay", type=float, default=0.0, help=argparse.SUPPRESS)
 
     config = commands.add_parser("config", help="show the effective settings")
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION")
@@ -131,7 +221,121 @@ def build_parser() -> argparse.ArgumentParser:
     random_ckpt.add_argument("--preset", choices=PRESET_CHOICES, default="tiny")
     random_ckpt.add_argument("-o", "--output", required=True, metavar="FILE")
     random_ckpt.add_argument("--seed", type=int, default=0)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert a scene file to another format (chosen by the file suffixes)",
+        description="Read IN and write OUT; formats come from the suffixes: .ply (reference "
+        "layout), .standard.ply (viewer-safe PLY), .splat, .spz.",
+    )
+    convert.add_argument("input", metavar="IN", help=".ply, .standard.ply, .splat or .spz file")
+    convert.add_argument("output", metavar="OUT", help="output file (.ply, .standard.ply, ...)")
+    convert.add_argument(
+        "--frame",
+        choices=FRAME_CHOICES,
+        help="coordinate frame of OUT when it is .standard.ply, .splat or .spz",
+    )
+    convert.add_argument(
+        "--input-frame",
+        choices=FRAME_CHOICES,
+        help="frame IN is stored in, for .splat/.spz (default: opencv for .splat, opengl for "
+        ".spz) or a .standard.ply without a frame comment",
+    )
+    convert.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    _add_runtime_commands(commands)
+    _add_render_command(commands)
     return parser
+
+
+#: Mirrors mlsharp.render.TRAJECTORIES / BACKENDS (kept here so ``--help`` imports nothing).
+RENDER_TRAJECTORIES = ("orbit", "swing", "dolly", "spiral")
+RENDER_BACKENDS = ("auto", "torch", "gsplat")
+
+
+def _add_render_command(commands: argparse._SubParsersAction) -> None:
+    """Sub-parser of ``render`` (docs/render.md)."""
+    render = commands.add_parser(
+        "render",
+        help="render a scene to an MP4 camera-path video or a PNG still (any device)",
+        description="Render SCENE (.ply, ...) along a camera path around the photo's viewpoint "
+        "to OUT.mp4, or one still from the photo's viewpoint to OUT.png. Uses gsplat on CUDA "
+        "when installed, else a pure-PyTorch rasterizer (CPU, MPS, ROCm); see docs/render.md.",
+    )
+    render.add_argument("scene", metavar="SCENE", help="scene file (.ply, ...)")
+    render.add_argument("-o", "--output", required=True, metavar="OUT", help=".mp4 or .png")
+    render.add_argument(
+        "--trajectory", choices=RENDER_TRAJECTORIES, default="orbit", help="camera path"
+    )
+    render.add_argument(
+        "--frames", type=int, metavar="N", help="frames (default: 60 for .mp4, 1 for .png)"
+    )
+    render.add_argument(
+        "--size", metavar="WxH", help="output size (default: the photo's aspect, longer side 768)"
+    )
+    render.add_argument("--fps", type=float, default=30.0, help="video frame rate (default 30)")
+    render.add_argument(
+        "--device",
+        type=_device_name,
+        default="auto",
+        metavar="{auto,cpu,cuda,cuda:N,mps}",
+        help="compute device (default: auto = cuda, then mps, then cpu)",
+    )
+    render.add_argument(
+        "--backend",
+        choices=RENDER_BACKENDS,
+        default="auto",
+        help="rasterizer: gsplat (CUDA), torch (anywhere), auto (gsplat when usable)",
+    )
+    render.add_argument(
+        "--background", default="black", help="black, white or #rrggbb (default black)"
+    )
+    render.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    render.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _add_runtime_commands(commands: argparse._SubParsersAction) -> None:
+    """Sub-parsers of ``doctor`` and ``autotune`` (docs/doctor.md)."""
+    doctor = commands.add_parser(
+        "doctor",
+        help="check devices, torch build, checkpoint and tuning; say what to fix",
+        description="Report what torch sees (CUDA/ROCm/MPS/XPU/CPU), whether the checkpoint is "
+        "present and verified, the device `auto` picks and the cached autotune result. Exit "
+        "status: 0 healthy (CPU-only included), 4 unusable checkpoint, 5 a GPU torch cannot use.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument(
+        "--checkpoint", metavar="PATH|URL", help="checkpoint to check (default as for predict)"
+    )
+    doctor.add_argument("--preset", choices=PRESET_CHOICES, help="preset to check it against")
+
+    autotune = commands.add_parser(
+        "autotune",
+        help="measure precision modes on this device and cache the fastest accurate one",
+        description="Load the real network on the device, time each runtime option (precision, "
+        "channels-last, compile, CUDA graphs), compare its output with fp32 and cache the "
+        "fastest within tolerance under $MLSHARP_CACHE/autotune (see docs/doctor.md).",
+    )
+    _add_model_options(autotune)
+    autotune.add_argument(
+        "--resolution", type=int, metavar="PX", help="internal resolution (default: the preset's)"
+    )
+    autotune.add_argument(
+        "--runs", type=int, default=5, metavar="N", help="timed runs per candidate (default 5)"
+    )
+    autotune.add_argument(
+        "--warmup", type=int, default=1, metavar="N", help="untimed runs first (default 1)"
+    )
+    autotune.add_argument("--image", metavar="FILE", help="tune on this photo (default: synthetic)")
+    autotune.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="try torch.compile (default: on CUDA only)",
+    )
+    autotune.add_argument("--force", action="store_true", help="measure even if cached")
+    autotune.add_argument("--json", action="store_true", help="print the result as JSON")
+    autotune.add_argument("--offline", action="store_true", help="never download the checkpoint")
+    autotune.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,11 +29,12 @@ from pydantic_settings import (
 
 from mlsharp.choices import DEVICE_CHOICES, LOG_FORMATS, PRESET_CHOICES, check_device_name
 from mlsharp.errors import ConfigError
+from mlsharp.runtime.options import RuntimeOptions
 
 __all__ = ["DEVICE_CHOICES", "LOG_FORMATS", "PRESET_CHOICES", "Settings", "default_data_dir"]
 
 _RATE_PATTERN = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day|s|m|h|d)\s*$")
-_SECRET_FIELDS = frozenset({"api_keys"})
+_SECRET_FIELDS = frozenset({"api_keys", "s3_secret_access_key"})
 MASK = "********"
 
 # The parsed config file for the Settings being built right now (see Settings.load).
@@ -123,6 +124,37 @@ class Settings(BaseSettings):
     preset: Literal["sharp", "tiny"] = Field("sharp", description="network preset")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     offline: bool = Field(False, description="never download the checkpoint")
+    autotune: bool = Field(
+        False,
+        description="use the runtime options `mlsharp autotune` chose for this device "
+        "(measured at start-up when not cached)",
+    )
+
+    # --- how the network runs (docs/runtime.md); defaults reproduce the reference ---
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = Field(
+        "fp32", description="network precision: fp32 (reference), tf32, bf16 or fp16"
+    )
+    resolution: int | None = Field(
+        None, description="internal resolution in px, a multiple of 512 (default: the preset's)"
+    )
+    channels_last: bool = Field(False, description="channels-last convolutional decoders")
+    compile: bool = Field(False, description="torch.compile the network (slow first run)")
+    cuda_graphs: bool = Field(False, description="replay the forward as a CUDA graph (CUDA)")
+    fast_postprocess: bool = Field(
+        False, description="float32 covariance decomposition on the device (not float64)"
+    )
+    batch_size: int | None = Field(
+        None, ge=1, le=64, description="images per forward in batches (default: by memory)"
+    )
+    memory_release_idle_seconds: float = Field(
+        0.0, ge=0, description="release cached device memory after this long idle (0: never)"
+    )
+    memory_reclaim_threshold: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="after a job, release cached memory above this fraction of the device's",
+    )
 
     # --- the service ---
     host: str = Field("127.0.0.1", description="address `mlsharp serve` listens on")
@@ -173,6 +205,35 @@ class Settings(BaseSettings):
     )
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="per-delivery HTTP timeout")
 
+    # --- scale-out (docs/deployment.md): Redis queue, shared state, object storage ---
+    queue: str | None = Field(
+        None, description="redis://HOST:PORT/DB: distributed mode (jobs, queue, cache in Redis)"
+    )
+    queue_namespace: str = Field(
+        "mlsharp", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="prefix of every Redis key"
+    )
+    queue_heartbeat_seconds: float = Field(
+        30.0, gt=0, description="a silent worker is dead after this; its job runs elsewhere"
+    )
+    job_time_limit_seconds: float = Field(600.0, gt=0, description="longest run of one job")
+    job_max_attempts: int = Field(
+        3, ge=1, le=20, description="runs of a job (first try + retries) before it fails"
+    )
+    job_retry_backoff_seconds: float = Field(
+        5.0, ge=0, description="delay before the first retry of a failed run; doubles"
+    )
+    storage: Literal["local", "s3"] = Field("local", description="where job files live")
+    s3_bucket: str | None = Field(None, description="bucket of job inputs, results and cache")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (not AWS)")
+    s3_region: str | None = Field(None, description="S3 region")
+    s3_access_key_id: str | None = Field(None, description="S3 access key (else the AWS chain)")
+    s3_secret_access_key: str | None = Field(None, description="S3 secret key")
+    s3_prefix: str = Field("", description="key prefix inside the bucket, e.g. mlsharp/")
+    s3_downloads: Literal["stream", "redirect"] = Field(
+        "stream", description="results streamed by the API or a 307 to a presigned URL"
+    )
+    s3_presign_seconds: int = Field(3600, ge=1, le=604800, description="presigned URL lifetime")
+
     # --- logging ---
     log_format: Literal["text", "json"] = Field("text", description="text or json log lines")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
@@ -194,6 +255,30 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("public_url must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("queue")
+    @classmethod
+    def _check_queue(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("the queue must be a Redis URL: redis://HOST:PORT/DB")
+        return value
+
+    @field_validator("resolution")
+    @classmethod
+    def _check_resolution(cls, value: int | None) -> int | None:
+        # The full check (upper bound per preset) happens when the engine is built.
+        if value is not None and (value < 512 or value % 512):
+            raise ValueError(
+                f"resolution {value} is not a positive multiple of 512 (see docs/runtime.md)"
+            )
+        return value
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _lower_precision(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("device")
     @classmethod
@@ -250,6 +335,18 @@ class Settings(BaseSettings):
         """Alias of :meth:`load` without an explicit config file (kept for the CLI)."""
         return cls.load(None, **overrides)
 
+    def runtime_options(self) -> RuntimeOptions:
+        """The engine's :class:`~mlsharp.runtime.options.RuntimeOptions` from these settings."""
+        return RuntimeOptions(
+            precision=self.precision,
+            channels_last=self.channels_last,
+            compile=self.compile,
+            cuda_graphs=self.cuda_graphs,
+            resolution=self.resolution,
+            fast_postprocess=self.fast_postprocess,
+            batch_size=self.batch_size,
+        )
+
     def rate(self) -> tuple[int, float] | None:
         """The parsed :attr:`rate_limit`, or ``None`` when unlimited."""
         return parse_rate(self.rate_limit) if self.rate_limit else None
@@ -259,7 +356,10 @@ class Settings(BaseSettings):
         values = self.model_dump(mode="json")
         for name in _SECRET_FIELDS:
             if values.get(name):
-                values[name] = [MASK for _ in values[name]]
+                value = values[name]
+                values[name] = MASK if isinstance(value, str) else [MASK for _ in value]
+        if values.get("queue"):  # a Redis URL may carry a password
+            values["queue"] = re.sub(r"(//[^:/@]*:)[^@/]*@", rf"\1{MASK}@", values["queue"])
         return values
 
 

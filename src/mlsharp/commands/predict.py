@@ -112,7 +112,14 @@ def run_predict(args: argparse.Namespace) -> int:
     frame = getattr(args, "frame", None)
     if frame is not None:
         check_frame(frame)
-    settings = Settings.from_env(checkpoint=args.checkpoint, preset=args.preset, device=args.device)
+    settings = Settings.from_env(
+        checkpoint=args.checkpoint,
+        preset=args.preset,
+        device=args.device,
+        precision=getattr(args, "precision", None),
+        resolution=getattr(args, "resolution", None),
+        batch_size=getattr(args, "batch_size", None),
+    )
     check_focal_mm(args.focal_mm)  # once, before any work, rather than once per image
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
@@ -129,7 +136,10 @@ def run_predict(args: argparse.Namespace) -> int:
         device=settings.device,
         download=not args.offline,
         progress=not args.quiet,
+        options=settings.runtime_options(),
     )
+    if (settings.batch_size or 1) > 1:  # several photos per forward (docs/runtime.md)
+        engine = BatchedPredictions(engine, plan.jobs, focal_mm=args.focal_mm)  # type: ignore[assignment]
     failed = len(plan.failures)
     bar = tqdm(plan.jobs, desc="predict", unit="image", file=sys.stderr, disable=args.quiet)
     for job in bar:
@@ -146,6 +156,52 @@ def run_predict(args: argparse.Namespace) -> int:
     if failed:
         _report(f"{done} of {done + failed} images done, {failed} failed")
     return 1 if failed else 0
+
+
+class BatchedPredictions:
+    """Stands in for the engine in the per-photo loop and predicts photos in batches.
+
+    The loop calls ``predict(image)`` once per job, in job order. On a photo not predicted
+    yet, this decodes it and the next ``batch_size - 1`` jobs' photos and predicts them in
+    one ``Engine.predict_many``; later calls return the stored results. A photo whose
+    decode fails here is left out of the batch (the loop reports its error itself).
+    """
+
+    def __init__(self, engine: Engine, jobs: list[Job], *, focal_mm: float | None) -> None:
+        self.engine = engine
+        self.jobs = jobs
+        self.focal_mm = focal_mm
+        self.batch_size = engine.options.batch_size or 1
+        self._cursor = 0
+        self._results: dict[int, Any] = {}
+
+    def predict(self, image: Any) -> Any:
+        """The Gaussians of ``image`` (the photo of the next job with its name)."""
+        from mlsharp.imaging import load_image
+
+        index = next(
+            (i for i in range(self._cursor, len(self.jobs)) if _label(self.jobs[i]) == image.name),
+            None,
+        )
+        if index is None:  # not one of the planned jobs: predict it alone
+            return self.engine.predict(image)
+        self._cursor = index + 1
+        if index not in self._results:
+            batch, images = [index], [image]
+            for other in range(index + 1, min(index + self.batch_size, len(self.jobs))):
+                try:
+                    images.append(load_image(self.jobs[other].source, focal_mm=self.focal_mm))
+                except MlsharpError:
+                    continue  # its own turn in the loop reports the error
+                batch.append(other)
+            predicted = self.engine.predict_many(images, batch_size=len(images))
+            self._results.update(zip(batch, predicted, strict=True))
+        return self._results.pop(index)
+
+
+def _label(job: Job) -> str:
+    """The name ``load_image`` gives the photo of ``job`` (a mismatch only costs batching)."""
+    return "".join(ch if ch.isprintable() else "?" for ch in job.source.name)
 
 
 def _predict_one(

@@ -25,9 +25,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "workers",
             "log_format",
             "offline",
+            "autotune",
+            "queue",
+            "precision",
+            "resolution",
+            "batch_size",
         )
     }
-    return Settings.load(getattr(args, "config", None), **flags)
+    settings = Settings.load(getattr(args, "config", None), **flags)
+    if settings.queue and "workers" not in settings.model_fields_set:
+        # Scale-out: API instances only enqueue unless workers were asked for explicitly.
+        settings = settings.model_copy(update={"workers": 0})
+    return settings
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -52,6 +61,13 @@ def run_serve(args: argparse.Namespace) -> int:
         from mlsharp.weights import resolve_checkpoint
 
         resolve_checkpoint(settings.checkpoint, download=not settings.offline, progress=True)
+        if settings.autotune:
+            # Tune now, in the foreground with a progress bar, so the model load in the
+            # lifespan finds the result in the cache (docs/doctor.md).
+            from mlsharp.runtime.autotune import server_options
+
+            options = server_options(settings, progress=True)
+            print(f"mlsharp: autotune chose {options.label()}")
 
     import uvicorn
 

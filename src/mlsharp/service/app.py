@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from mlsharp._version import __version__
 from mlsharp.config import Settings
+from mlsharp.service import web
 from mlsharp.service.api import batches, cache, jobs, predict, system, webhooks
 from mlsharp.service.http_errors import install_error_handlers
 from mlsharp.service.metrics import Metrics
@@ -46,7 +47,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if requeued:
             log.info("requeued %d job(s) left running by a previous run", requeued)
         state.webhooks.start()
-        runner = JobRunner(state, threads=settings.workers)
+        if settings.queue:  # scale-out: consume the task queue instead of the store
+            from mlsharp.service.distributed.runner import QueueRunner
+
+            runner = QueueRunner(state, state.queue, threads=settings.workers)
+        else:
+            runner = JobRunner(state, threads=settings.workers)
         if settings.workers > 0:
             threading.Thread(
                 target=state.load_model, name="mlsharp-model-loader", daemon=True
@@ -69,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (jobs, batches, predict, webhooks, cache, system):
         app.include_router(module.router)
+    # The web page last: it owns only "/" and "/static/...", never /v1, /metrics or /docs.
+    app.include_router(web.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

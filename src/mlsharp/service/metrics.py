@@ -115,6 +115,12 @@ class Metrics:
             ["event", "outcome"],
             registry=self.registry,
         )
+        self.memory_releases = Counter(
+            "mlsharp_memory_releases",
+            "Releases of cached device memory by reason (idle, threshold, oom)",
+            ["reason"],
+            registry=self.registry,
+        )
 
     def attach(self, probe: StateProbe) -> None:
         """Register the scrape-time gauges read from ``probe``."""

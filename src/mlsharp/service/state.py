@@ -8,7 +8,6 @@ weights are in memory; jobs submitted meanwhile wait in the queue.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -29,6 +28,7 @@ from mlsharp.service.webhooks import WebhookService
 
 if TYPE_CHECKING:
     from mlsharp.engine import Engine
+    from mlsharp.runtime.memory import MemoryGuard
 
 log = logging.getLogger("mlsharp.service")
 
@@ -64,6 +64,10 @@ class ServiceState:
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics | None = None) -> ServiceState:
         """Open (or create) everything under ``settings.data_dir``."""
+        if settings.queue:  # scale-out: Redis, the task queue, S3 (docs/deployment.md)
+            from mlsharp.service.distributed.state import build_distributed
+
+            return build_distributed(cls, settings, metrics or Metrics())
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         metrics = metrics or Metrics()
@@ -105,6 +109,7 @@ class ServiceState:
         """Load the engine (runs on a background thread); records success or the error."""
         from mlsharp.engine import Engine
         from mlsharp.errors import MlsharpError
+        from mlsharp.runtime.autotune import server_options
 
         settings = self.settings
         try:
@@ -114,9 +119,12 @@ class ServiceState:
                 device=settings.device,
                 download=not settings.offline,
                 progress=False,
+                # The settings' options, or with `autotune` the cached/tuned choice.
+                options=server_options(settings),
             )
+            engine.memory_guard = _memory_guard(engine, settings, self.metrics)
             digest = checkpoint_digest(engine.checkpoint, Path(settings.data_dir))
-            self.model.model_id = f"{settings.preset}:{digest}"
+            self.model.model_id = f"{settings.preset}:{digest}{_options_suffix(engine)}"
             self.model.engine = engine
             log.info("model ready: preset %s on %s", settings.preset, engine.device)
         except MlsharpError as error:
@@ -147,6 +155,27 @@ class ServiceState:
         self.store.close()
 
 
+def _memory_guard(engine: Engine, settings: Settings, metrics: Metrics) -> MemoryGuard:
+    """The engine's memory policy from the settings; releases are counted in metrics."""
+    from mlsharp.runtime.memory import MemoryGuard
+
+    return MemoryGuard(
+        engine.device,
+        idle_seconds=settings.memory_release_idle_seconds,
+        reclaim_threshold=settings.memory_reclaim_threshold,
+        on_release=lambda reason: metrics.memory_releases.labels(reason).inc(),
+    )
+
+
+def _options_suffix(engine: Engine) -> str:
+    """Part of the model id (and so of cache keys) when the runtime options are not the
+    reference's: results of another precision or resolution must not mix with fp32's."""
+    from mlsharp.runtime.options import RuntimeOptions
+
+    options = engine.options
+    return "" if options == RuntimeOptions() else f":{options.label()}"
+
+
 def _cache_numbers(cache: ResultCache) -> dict[str, float]:
     stats = cache.stats()
     return {
@@ -174,20 +203,8 @@ def checkpoint_digest(path: Path | None, data_dir: Path) -> str:
     Part of every cache key, so results of different weights never mix. Hashing Apple's
     2.6 GB file takes seconds, hence the memo.
     """
-    from mlsharp.weights import sha256_file
+    from mlsharp.weights import memoized_sha256
 
     if path is None:
         return "unknown"
-    stat = path.stat()
-    memo_path = data_dir / "checkpoint-digests.json"
-    ident = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    if ident not in memo:
-        memo[ident] = sha256_file(path)
-        from mlsharp._atomic import atomic_write
-
-        atomic_write(memo_path, [json.dumps(memo, indent=1).encode()])
-    return memo[ident]
+    return memoized_sha256(path, data_dir / "checkpoint-digests.json")

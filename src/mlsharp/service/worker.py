@@ -54,6 +54,9 @@ def link_cached_outputs(
         name = output_name(job, fmt)
         link_or_copy(files[fmt], out_dir / name)
         outputs[fmt] = name
+    commit = getattr(state.storage, "commit_outputs", None)
+    if commit is not None:  # object storage (service.distributed.s3): upload them
+        commit(job.id, outputs)
     return outputs
 
 
@@ -98,12 +101,15 @@ class JobRunner:
                 self._stop.wait(IDLE_POLL_SECONDS * 5)
                 continue
             job = state.store.claim_next()
+            guard = state.model.engine.memory_guard
             if job is None:
+                guard.maybe_release_idle()  # a no-op unless configured
                 self._wake.wait(IDLE_POLL_SECONDS)
                 self._wake.clear()
                 continue
             state.notifier.notify()
             self.run_job(job)
+            guard.after_job()  # reclaims cached memory above the configured threshold
 
     def run_job(self, job: JobRecord) -> None:
         """Run one claimed job to its end, recording success, failure or cancellation."""
@@ -169,6 +175,7 @@ class JobRunner:
             preprocess=stage_times.preprocess,
             inference=stage_times.inference,
             postprocess=stage_times.postprocess,
+            transfer=stage_times.transfer,
         )
         self._advance(job.id, "write")
         outputs, timings["write"] = self._write(job, gaussians)

@@ -238,6 +238,9 @@ def job_result(
     if name is None:
         available = ", ".join(job.outputs) or "none"
         raise NotFound(f"job {job_id} has no {format!r} result (available: {available})")
+    remote = getattr(state.storage, "remote_result", None)
+    if remote is not None:  # object storage: streamed or redirected (service.distributed.s3)
+        return remote(job, format, name)
     path = state.storage.output_path(job_id, name)
     if not path.is_file():
         raise NotFound(f"the {format} result of job {job_id} is no longer stored")

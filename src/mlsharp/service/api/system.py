@@ -6,6 +6,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
+from pydantic import BaseModel, Field
 
 from mlsharp._version import __version__
 from mlsharp.service.api.cache import cache_stats
@@ -28,6 +29,59 @@ def _device(state: State) -> str | None:
 def health() -> Health:
     """Liveness: the process answers."""
     return Health(status="ok", version=__version__)
+
+
+class FormatInfo(BaseModel):
+    """One output format a job can ask for."""
+
+    name: str
+    suffix: str = Field(description="file name ending, e.g. .ply")
+    media_type: str
+    scene: bool = Field(description="holds the 3D scene (false: a depth map)")
+    frame: str | None = Field(
+        description="coordinate frame of a scene file: opencv (y down, z forward) or opengl"
+    )
+
+
+class ServiceInfo(BaseModel):
+    """What a client needs before submitting: formats, defaults, limits, whether keys apply."""
+
+    version: str
+    formats: list[FormatInfo]
+    default_formats: list[str] = Field(description="what a job without 'formats' produces")
+    auth_required: bool = Field(description="requests need an API key")
+    max_upload_bytes: int
+
+
+@router.get(
+    "/v1/info",
+    response_model=ServiceInfo,
+    dependencies=[Depends(guard_health)],
+    responses=_ERRORS,
+)
+def info(state: State) -> ServiceInfo:
+    """Output formats, default formats, upload limit and whether an API key is required."""
+    from mlsharp import splat
+
+    depth_formats = set(splat.DEPTH_FORMATS)
+    formats = [
+        FormatInfo(
+            name=name,
+            suffix=splat.SUFFIXES[name],
+            media_type=splat.MEDIA_TYPES.get(name, "application/octet-stream"),
+            scene=name not in depth_formats,
+            frame=None if name in depth_formats else splat.FRAME_FORMATS.get(name, "opencv"),
+        )
+        for name in splat.FORMATS
+    ]
+    settings = state.settings
+    return ServiceInfo(
+        version=__version__,
+        formats=formats,
+        default_formats=list(settings.default_formats),
+        auth_required=state.api_keys.required,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
 
 
 @router.get(

@@ -1,0 +1,242 @@
+"""Per-stage p50/p95, throughput at batch sizes and peak memory per runtime configuration.
+
+    python benchmarks/bench_runtime.py --checkpoint CKPT --preset sharp --device cpu \
+        --configs fp32,bf16,bf16+fast_postprocess --runs 3 --batch-sizes 1,2
+    python benchmarks/bench_runtime.py --random --preset sharp --device cuda \
+        --configs fp32,tf32,bf16+channels_last,bf16+channels_last+cuda_graphs --runs 20
+
+Each configuration runs in its own child process, so its peak memory is its own: CUDA
+``max_memory_allocated`` on a GPU, the process's peak RSS (``ru_maxrss``) on the CPU.
+The child loads the engine (timed: process start -> model ready), warms up once, then
+times ``--runs`` end-to-end predictions of one photo stage by stage (decode, preprocess,
+forward, post-process, device-to-host transfer, .ply write) and ``predict_many`` at each
+batch size. A configuration is written like ``RuntimeOptions.label()``:
+``bf16+channels_last+fast_postprocess+1024px``. ``--random`` builds random weights at the
+preset's real scale (timing only; outputs are noise). Prints Markdown tables for
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+START = time.perf_counter()  # as early as possible: "process start -> ready"
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGE = REPO / "tests" / "data" / "parity" / "images" / "astronaut.jpg"
+STAGES = ("decode", "preprocess", "forward", "postprocess", "transfer", "write", "total")
+
+
+def parse_config(label: str) -> dict:
+    """``bf16+channels_last+1024px`` -> RuntimeOptions keyword arguments."""
+    from mlsharp.runtime.options import PRECISION_CHOICES, RuntimeOptions
+
+    flags = {name for name, value in RuntimeOptions().to_dict().items() if value is False}
+    options: dict = {}
+    for token in label.split("+"):
+        if token in PRECISION_CHOICES:
+            options["precision"] = token
+        elif token in flags:
+            options[token] = True
+        elif token.endswith("px") and token[:-2].isdigit():
+            options["resolution"] = int(token[:-2])
+        else:
+            raise SystemExit(f"unknown configuration token {token!r} in {label!r}")
+    return options
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by linear interpolation."""
+    ordered = sorted(samples)
+    if len(ordered) == 1:
+        return ordered[0]
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def peak_memory_gb(device) -> tuple[str, float]:
+    """(what was measured, GB): CUDA peak allocated, else the process's peak RSS."""
+    import torch
+
+    if device.type == "cuda":
+        return "CUDA max allocated", torch.cuda.max_memory_allocated(device) / 1e9
+    return "peak RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def child(args: argparse.Namespace) -> None:
+    """Measure one configuration in this process and print one JSON line."""
+    import torch
+
+    from mlsharp.engine import Engine
+    from mlsharp.imaging import load_image
+    from mlsharp.runtime.options import RuntimeOptions
+    from mlsharp.splat import write_ply
+
+    options = RuntimeOptions(**parse_config(args.config))
+    checkpoint = args.checkpoint
+    if args.random:
+        from mlsharp.commands.random_checkpoint import write_random_checkpoint
+
+        checkpoint = write_random_checkpoint(args.preset, Path(tempfile.mkdtemp()) / "r.pt")
+    engine = Engine.load(
+        checkpoint, preset=args.preset, device=args.device, progress=False, options=options
+    )
+    engine.warmup()
+    ready = time.perf_counter() - START
+    samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    out = Path(tempfile.mkdtemp()) / "out.ply"
+    for _ in range(args.runs):
+        begin = time.perf_counter()
+        image = load_image(args.image)
+        decoded = time.perf_counter()
+        gaussians = engine.predict(image)
+        predicted = time.perf_counter()
+        write_ply(gaussians, out)
+        written = time.perf_counter()
+        times = gaussians.metadata["timings"]
+        samples["decode"].append(decoded - begin)
+        samples["preprocess"].append(times.preprocess)
+        samples["forward"].append(times.inference)
+        samples["postprocess"].append(times.postprocess)
+        samples["transfer"].append(times.transfer)
+        samples["write"].append(written - predicted)
+        samples["total"].append(written - begin)
+    throughput = {}
+    image = load_image(args.image)
+    for batch in args.batch_sizes:
+        engine.predict_many([image] * batch, batch_size=batch)  # warm this shape
+        begin = time.perf_counter()
+        for _ in range(args.batch_runs):
+            engine.predict_many([image] * batch, batch_size=batch)
+        throughput[batch] = batch * args.batch_runs / (time.perf_counter() - begin)
+    what, peak = peak_memory_gb(engine.device)
+    print(
+        json.dumps(
+            {
+                "config": options.label(),
+                "gaussians": len(gaussians),
+                "resolution": engine.internal_resolution,
+                "ready_s": ready,
+                "samples": samples,
+                "throughput": throughput,
+                "peak_what": what,
+                "peak_gb": peak,
+                "device": describe_device(engine.device),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
+
+
+def describe_device(device) -> str:
+    """A human name of the device the engine runs on."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.machine()}, {os.cpu_count()} cores)"
+
+
+def run_child(args: argparse.Namespace, config: str) -> dict:
+    """Run one configuration in a fresh interpreter; its JSON result (or the error)."""
+    command = [sys.executable, __file__, "--child", "--config", config]
+    for name in ("checkpoint", "preset", "device", "image", "runs", "batch_runs"):
+        value = getattr(args, name)
+        if value is not None:
+            command += [f"--{name.replace('_', '-')}", str(value)]
+    command += ["--batch-sizes", ",".join(map(str, args.batch_sizes))]
+    if args.random:
+        command.append("--random")
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return {"config": config, "error": tail}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def print_tables(results: list[dict], args: argparse.Namespace) -> None:
+    """Markdown: one per-stage table, then throughput and memory per configuration."""
+    ok = [r for r in results if "error" not in r]
+    if ok:
+        first = ok[0]
+        print(
+            f"\n{time.strftime('%Y-%m-%d')} — {first['device']}, torch {first['torch']} "
+            f"({first['threads']} threads), preset `{args.preset}`, {first['resolution']}² "
+            f"internal, {first['gaussians']:,} Gaussians, {args.runs} runs, image "
+            f"`{Path(args.image).name}`\n"
+        )
+    print("| config | " + " | ".join(f"{s} p50 / p95 ms" for s in STAGES) + " |")
+    print("|---|" + "---|" * len(STAGES))
+    for r in results:
+        if "error" in r:
+            print(f"| {r['config']} | failed: {r['error']} |")
+            continue
+        cells = []
+        for stage in STAGES:
+            s = r["samples"][stage]
+            cells.append(f"{percentile(s, 0.5) * 1e3:.0f} / {percentile(s, 0.95) * 1e3:.0f}")
+        print(f"| {r['config']} | " + " | ".join(cells) + " |")
+    print()
+    sizes = args.batch_sizes
+    print(
+        "| config | start → ready s | peak memory GB | "
+        + " | ".join(f"images/s @ batch {b}" for b in sizes)
+        + " |"
+    )
+    print("|---|---|---|" + "---|" * len(sizes))
+    for r in ok:
+        rates = " | ".join(f"{r['throughput'][str(b)]:.2f}" for b in sizes)
+        print(
+            f"| {r['config']} | {r['ready_s']:.1f} | {r['peak_gb']:.2f} ({r['peak_what']}) "
+            f"| {rates} |"
+        )
+    if ok:
+        base = statistics.median(ok[0]["samples"]["total"])
+        print()
+        for r in ok[1:]:
+            ratio = base / statistics.median(r["samples"]["total"])
+            print(f"- {r['config']}: {ratio:.2f}x the end-to-end speed of {ok[0]['config']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--random", action="store_true", help="random weights at real scale")
+    parser.add_argument("--preset", default="sharp")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--image", default=str(DEFAULT_IMAGE))
+    parser.add_argument("--configs", default="fp32", help="comma-separated configurations")
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch-runs", type=int, default=1)
+    parser.add_argument("--batch-sizes", default="1")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    if not args.random and not args.checkpoint:
+        parser.error("give --checkpoint CKPT or --random")
+    if args.child:
+        child(args)
+        return
+    results = []
+    for config in args.configs.split(","):
+        print(f"measuring {config} ...", file=sys.stderr, flush=True)
+        results.append(run_child(args, config))
+    print_tables(results, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -38,15 +38,15 @@ def stage_times(args: argparse.Namespace) -> list[tuple[str, float]]:
     """Run one prediction in-process and return (stage, seconds) rows."""
     import torch
 
+    from mlsharp.config import Settings
     from mlsharp.engine import Engine
     from mlsharp.imaging import load_image
-    from mlsharp.runtime.options import RuntimeOptions
     from mlsharp.splat import write_ply
 
+    # The same options `mlsharp predict` would use: MLSHARP_* environment + --extra flags.
     extra = shlex.split(args.extra)
-    options = RuntimeOptions(
-        precision=extra[extra.index("--precision") + 1] if "--precision" in extra else "fp32"
-    )
+    precision = extra[extra.index("--precision") + 1] if "--precision" in extra else None
+    options = Settings.from_env(precision=precision).runtime_options()
     rows = []
     start = time.perf_counter()
     engine = Engine.load(

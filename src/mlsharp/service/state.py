@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlsharp.config import Settings
 from mlsharp.service.auth import ApiKeys, RateLimiter, TokenBucketLimiter
@@ -82,14 +82,7 @@ class ServiceState:
                 enabled=settings.cache_enabled,
             ),
             webhooks=WebhookService(
-                data_dir / "webhooks.sqlite3",
-                allow_private=settings.webhook_allow_private,
-                max_attempts=settings.webhook_max_attempts,
-                backoff_seconds=settings.webhook_backoff_seconds,
-                timeout_seconds=settings.webhook_timeout_seconds,
-                on_attempt=lambda event, ok: metrics.webhook_attempts.labels(
-                    event, "ok" if ok else "error"
-                ).inc(),
+                data_dir / "webhooks.sqlite3", **webhook_options(settings, metrics)
             ),
             metrics=metrics,
             api_keys=ApiKeys(settings.api_keys),
@@ -153,6 +146,20 @@ class ServiceState:
         self.webhooks.close()
         self.cache.close()
         self.store.close()
+
+
+def webhook_options(settings: Settings, metrics: Metrics) -> dict[str, Any]:
+    """Keyword options of every webhook backend: delivery policy from the settings, and
+    attempts counted in the metrics."""
+    return {
+        "allow_private": settings.webhook_allow_private,
+        "max_attempts": settings.webhook_max_attempts,
+        "backoff_seconds": settings.webhook_backoff_seconds,
+        "timeout_seconds": settings.webhook_timeout_seconds,
+        "on_attempt": lambda event, ok: metrics.webhook_attempts.labels(
+            event, "ok" if ok else "error"
+        ).inc(),
+    }
 
 
 def _memory_guard(engine: Engine, settings: Settings, metrics: Metrics) -> MemoryGuard:

@@ -325,6 +325,42 @@ def _short_error(exc: BaseException) -> str:
     return message[:_MAX_ERROR_LEN]
 
 
+def new_webhook(
+    url: str, events: Sequence[str] | str, owner: str | None, *, allow_private: bool
+) -> Webhook:
+    """A new endpoint for ``url`` and ``events`` (validated, de-duplicated), with a new secret.
+
+    Shared by every webhook backend. Raises ``BadRequest(422, "invalid_event")`` for no or
+    unknown events and ``BadRequest(422, "webhook_url_refused")`` for a URL
+    :func:`check_url` refuses.
+    """
+    if isinstance(events, str):
+        events = [events]
+    wanted = tuple(dict.fromkeys(events))
+    if not wanted:
+        raise BadRequest(
+            f"at least one event is required (one of: {', '.join(EVENTS)})",
+            status=422,
+            code="invalid_event",
+        )
+    unknown = [e for e in wanted if e not in EVENTS]
+    if unknown:
+        raise BadRequest(
+            f"unknown event {unknown[0]!r} (known: {', '.join(EVENTS)})",
+            status=422,
+            code="invalid_event",
+        )
+    check_url(url, allow_private=allow_private)
+    return Webhook(
+        id="wh_" + secrets.token_urlsafe(16),
+        url=url,
+        events=wanted,
+        secret=new_secret(),
+        created_at=time.time(),
+        owner=owner,
+    )
+
+
 class WebhookService:
     """Registered webhooks plus a background dispatcher that delivers, signs and retries.
 
@@ -411,31 +447,8 @@ class WebhookService:
         Raises ``BadRequest(422, "invalid_event")`` for no or unknown events and
         ``BadRequest(422, "webhook_url_refused")`` for a URL :func:`check_url` refuses.
         """
-        if isinstance(events, str):
-            events = [events]
-        wanted = tuple(dict.fromkeys(events))
-        if not wanted:
-            raise BadRequest(
-                f"at least one event is required (one of: {', '.join(EVENTS)})",
-                status=422,
-                code="invalid_event",
-            )
-        unknown = [e for e in wanted if e not in EVENTS]
-        if unknown:
-            raise BadRequest(
-                f"unknown event {unknown[0]!r} (known: {', '.join(EVENTS)})",
-                status=422,
-                code="invalid_event",
-            )
-        check_url(url, allow_private=self.allow_private)
-        webhook = Webhook(
-            id="wh_" + secrets.token_urlsafe(16),
-            url=url,
-            events=wanted,
-            secret=new_secret(),
-            created_at=time.time(),
-            owner=owner,
-        )
+        webhook = new_webhook(url, events, owner, allow_private=self.allow_private)
+        wanted = webhook.events
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO webhook_endpoints (id, url, events, secret, created_at, owner)"

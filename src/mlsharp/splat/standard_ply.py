@@ -45,29 +45,14 @@ from mlsharp.splat.common import (
     normalized_quaternions,
     srgb_colors,
 )
-from mlsharp.splat.ply import SH_C0, PlyFormatError, read_ply_raw
+from mlsharp.splat.ply import SH_C0, VERTEX_PROPERTIES, PlyFormatError, read_ply_raw
 
 __all__ = ["STANDARD_PROPERTIES", "read_standard_ply", "standard_ply_header", "write_standard_ply"]
 
 Layout = Literal["compact", "inria"]
 
 #: The compact layout's vertex properties, in file order (all float32).
-STANDARD_PROPERTIES: tuple[str, ...] = (
-    "x",
-    "y",
-    "z",
-    "f_dc_0",
-    "f_dc_1",
-    "f_dc_2",
-    "opacity",
-    "scale_0",
-    "scale_1",
-    "scale_2",
-    "rot_0",
-    "rot_1",
-    "rot_2",
-    "rot_3",
-)
+STANDARD_PROPERTIES: tuple[str, ...] = VERTEX_PROPERTIES  # the reference's own record
 
 # The original 3DGS record: normals and 45 higher-order SH coefficients between f_dc and opacity.
 _INRIA_PROPERTIES: tuple[str, ...] = (

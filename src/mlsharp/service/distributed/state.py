@@ -21,6 +21,7 @@ from mlsharp.service.distributed.redis_conn import connect
 from mlsharp.service.distributed.webhooks import RedisWebhookService
 from mlsharp.service.events import ChangeNotifier
 from mlsharp.service.metrics import Metrics, StateProbe
+from mlsharp.service.state import webhook_options
 from mlsharp.service.storage import LocalStorage
 
 
@@ -49,17 +50,7 @@ def build_distributed(state_cls: Any, settings: Settings, metrics: Metrics) -> A
         cache=RedisResultCache(
             client, ns, blobs, max_bytes=settings.cache_max_bytes, enabled=settings.cache_enabled
         ),
-        webhooks=RedisWebhookService(
-            client,
-            ns,
-            allow_private=settings.webhook_allow_private,
-            max_attempts=settings.webhook_max_attempts,
-            backoff_seconds=settings.webhook_backoff_seconds,
-            timeout_seconds=settings.webhook_timeout_seconds,
-            on_attempt=lambda event, ok: metrics.webhook_attempts.labels(
-                event, "ok" if ok else "error"
-            ).inc(),
-        ),
+        webhooks=RedisWebhookService(client, ns, **webhook_options(settings, metrics)),
         metrics=metrics,
         api_keys=ApiKeys(settings.api_keys),
         limiter=RedisTokenBucket(client, ns, *rate) if rate else None,

@@ -46,7 +46,7 @@ from mlsharp.service.webhooks import (
     Webhook,
     _iso_utc,
     check_url,
-    new_secret,
+    new_webhook,
     sign,
 )
 
@@ -102,25 +102,8 @@ class RedisWebhookService:
     @guarded
     def create(self, url: str, events: Sequence[str], owner: str | None = None) -> Webhook:
         """Register ``url`` for ``events``; the same checks as the embedded service."""
-        if isinstance(events, str):
-            events = [events]
-        wanted = tuple(dict.fromkeys(events))
-        unknown = [e for e in wanted if e not in EVENTS]
-        if not wanted or unknown:
-            what = f"unknown event {unknown[0]!r}" if unknown else "at least one event is required"
-            raise BadRequest(
-                f"{what} (known: {', '.join(EVENTS)})", status=422, code="invalid_event"
-            )
-        check_url(url, allow_private=self.allow_private)
-        hook = Webhook(
-            id="wh_" + secrets.token_urlsafe(16),
-            url=url,
-            events=wanted,
-            secret=new_secret(),
-            created_at=time.time(),
-            owner=owner,
-        )
-        data = {**hook.__dict__, "events": list(wanted)}
+        hook = new_webhook(url, events, owner, allow_private=self.allow_private)
+        data = {**hook.__dict__, "events": list(hook.events)}
         pipe = self.client.pipeline(transaction=True)
         pipe.set(f"{self.ns}:hook:{hook.id}", json.dumps(data))
         pipe.zadd(f"{self.ns}:owner:{owner or ''}", {hook.id: hook.created_at})

@@ -76,7 +76,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings)
-    print(f"mlsharp: serving on http://{settings.host}:{settings.port} (data: {settings.data_dir})")
+    url = f"http://{settings.host}:{settings.port}"
+    print(f"mlsharp: serving on {url} (web page {url}/, API docs {url}/docs)")
+    print(f"mlsharp: data in {settings.data_dir}")
     uvicorn.run(
         app,
         host=settings.host,

@@ -183,6 +183,7 @@ class Settings(BaseSettings):
     )
     cache_enabled: bool = Field(True, description="reuse results for identical inputs")
     cache_max_bytes: int = Field(2 * 2**30, ge=0, description="disk budget of the result cache")
+    previews: bool = Field(True, description="render a .preview.png thumbnail for each job")
 
     # --- access control ---
     api_keys: Annotated[list[str], NoDecode] = Field(

@@ -30,8 +30,9 @@ def test_results_in_s3_streamed_and_presigned(cluster, moto_s3):
     assert _keys(moto_s3, f"t/jobs/{first}/") == [
         f"t/jobs/{first}/input.jpg",
         f"t/jobs/{first}/out/p10-20.ply",
+        f"t/jobs/{first}/out/p10-20.preview.png",
     ]
-    assert len(_keys(moto_s3, "t/cache/")) == 1  # one entry, one format
+    assert len(_keys(moto_s3, "t/cache/")) == 2  # one entry: the format and its thumbnail
     # No job files stay on local disks (API and worker): the bytes come from the bucket.
     staging = cluster.data_dir / "s3-staging" / "files"
     assert staging.is_dir() and [p for p in staging.rglob("*") if p.is_file()] == []

@@ -79,7 +79,9 @@ def test_upload_a_photo_and_see_it_in_3d(web_server, open_page, artifacts: Path)
     buttons = page.eval_on_selector_all(
         "#download-list a", "els => els.map(e => [e.dataset.format, e.getAttribute('href')])"
     )
-    assert dict(buttons) == job["links"]["results"]
+    # One button per result except the history thumbnail.
+    results = {k: v for k, v in job["links"]["results"].items() if k != "preview"}
+    assert "preview" in job["links"]["results"] and dict(buttons) == results
     assert "131,072 splats" in page.inner_text("#status")
 
     pixels = canvas_pixels(page, save_to=artifacts / "upload-astronaut.png")
@@ -101,6 +103,11 @@ def test_reopen_a_job_from_the_history(web_server, open_page) -> None:
     item = page.locator(f"#history-list li[data-job='{job_id}']")
     item.wait_for()
     assert "history.jpg" in item.inner_text() and "done" in item.inner_text()
+    thumb = item.locator("img.thumb")  # the job's preview result, fetched as a blob
+    assert thumb.get_attribute("alt") == "Preview of history.jpg"
+    page.wait_for_function(
+        "(img) => img.complete && img.naturalWidth > 0", arg=thumb.element_handle()
+    )
     item.get_by_role("button").click()
     wait_for_scene(page)
     assert f"job={job_id}" in page.url
@@ -183,6 +190,10 @@ def test_api_key_is_asked_for_remembered_and_used(keyed_server, open_page, tmp_p
     assert non_background_fraction(canvas_pixels(page), BACKGROUND) > 0.3
     page.reload()  # the key is remembered: the job reopens from the URL with it
     page.locator("#history-list li").first.wait_for()
+    thumb = page.locator("#history-list li img.thumb").first  # fetched with the key
+    page.wait_for_function(
+        "(img) => img.complete && img.naturalWidth > 0", arg=thumb.element_handle()
+    )
     page.locator("#download-list a[data-format='ply']").wait_for()
     with page.expect_download() as download_info:
         page.click("#download-list a[data-format='ply']")

@@ -49,7 +49,7 @@ def download(server: LiveServer, job: dict, fmt: str):
 def test_every_format_has_its_own_result(finished) -> None:
     _, job = finished
     assert job["formats"] == list(FORMATS)
-    assert set(job["links"]["results"]) == set(FORMATS)
+    assert set(job["links"]["results"]) == {*FORMATS, "preview"}  # + the job's thumbnail
     for fmt in FORMATS:
         assert job["links"]["results"][fmt] == f"/v1/jobs/{job['id']}/result?format={fmt}"
 
@@ -87,7 +87,7 @@ def test_repeat_is_served_from_the_cache_with_every_format(finished) -> None:
     body = created.json()
     assert body["cached"] is True and body["status"] == "succeeded"
     hit = server.client.get(body["status_url"]).json()
-    assert set(hit["links"]["results"]) == {"spz", "depth"}
+    assert set(hit["links"]["results"]) == {"spz", "depth", "preview"}
     for fmt in ("spz", "depth"):
         again = server.client.get(hit["links"]["results"][fmt])
         assert again.status_code == 200

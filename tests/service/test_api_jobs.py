@@ -227,7 +227,8 @@ def test_formats_field(server: LiveServer) -> None:
     created = submit_ok(server, jpeg_bytes(color=(4, 5, 6)), form={"formats": " PLY , ply "})
     job = server.wait_job(created["id"])
     assert job["formats"] == ["ply"]
-    assert list(job["links"]["results"]) == ["ply"]
+    # The requested format, plus the thumbnail every finished job gets (setting `previews`).
+    assert list(job["links"]["results"]) == ["ply", "preview"]
 
     body = assert_error(post_job(server, form={"formats": "ply,xyz"}), 422, "invalid_format")
     assert "xyz" in body["message"]
@@ -410,7 +411,7 @@ def test_predict_waits_for_the_result(server: LiveServer) -> None:
     assert JOB_ID.match(body["task_id"])
     assert body["status"] == "success"
     assert body["error"] is None
-    assert body["urls"] == {"ply": body["url"]}
+    assert body["urls"] == {"ply": body["url"], "preview": body["url"].replace("ply", "preview")}
     assert body["processing_time"] > 0
     download = server.client.get(body["url"])
     assert download.status_code == 200

@@ -22,6 +22,7 @@ from mlsharp.errors import BadRequest, QueueFull
 from mlsharp.imaging import load_image
 from mlsharp.service.cache import cache_key
 from mlsharp.service.jobs import JobRecord, JobStatus, new_id
+from mlsharp.service.preview import cache_formats
 from mlsharp.service.state import ServiceState
 from mlsharp.service.worker import link_cached_outputs, publish_outcome
 
@@ -128,7 +129,7 @@ def submit(state: ServiceState, sub: Submission) -> tuple[JobRecord, bool]:
     if model_id is not None and state.cache.enabled:
         key = cache_key(image.pixels, focal_px=image.focal_px, model_id=model_id)
         job = replace(job, cache_key=key)
-        hit = state.cache.get(key, sub.formats)
+        hit = state.cache.get(key, cache_formats(state.settings, sub.formats))
         state.metrics.cache_lookups.labels("hit" if hit else "miss").inc()
         if hit:
             return _finish_from_cache(state, job, hit), False

@@ -19,6 +19,7 @@ from typing import Any
 from mlsharp.errors import MlsharpError
 from mlsharp.service.cache import cache_key, link_or_copy
 from mlsharp.service.jobs import STAGES, JobRecord, JobStatus
+from mlsharp.service.preview import PREVIEW_FORMAT, PREVIEW_SUFFIX, cache_formats, write_preview
 from mlsharp.service.state import ServiceState
 from mlsharp.service.views import job_event_data
 
@@ -37,7 +38,8 @@ def output_name(job: JobRecord, fmt: str) -> str:
     """The result file name of ``job`` in ``fmt``: ``<input stem><suffix>``."""
     from mlsharp.splat import SUFFIXES
 
-    return f"{Path(job.input_name).stem or 'scene'}{SUFFIXES[fmt]}"
+    suffix = PREVIEW_SUFFIX if fmt == PREVIEW_FORMAT else SUFFIXES[fmt]
+    return f"{Path(job.input_name).stem or 'scene'}{suffix}"
 
 
 def link_cached_outputs(
@@ -45,12 +47,12 @@ def link_cached_outputs(
 ) -> dict[str, str]:
     """Hard-link (or copy) cached result files into the job's output folder.
 
-    ``files`` maps each of the job's formats to a file in the cache; returns the
-    job's ``outputs`` (format -> file name).
+    ``files`` maps each of the job's formats (and maybe ``preview``) to a file in the
+    cache; returns the job's ``outputs`` (format -> file name).
     """
     out_dir = state.storage.output_dir(job.id)
     outputs = {}
-    for fmt in job.formats:
+    for fmt in files:
         name = output_name(job, fmt)
         link_or_copy(files[fmt], out_dir / name)
         outputs[fmt] = name
@@ -162,7 +164,7 @@ class JobRunner:
         if key is None and state.model.model_id is not None and state.cache.enabled:
             # Submitted before the model was loaded: look now (it may be a repeat).
             key = cache_key(image.pixels, focal_px=image.focal_px, model_id=state.model.model_id)
-            hit = state.cache.get(key, job.formats)
+            hit = state.cache.get(key, cache_formats(state.settings, job.formats))
             state.metrics.cache_lookups.labels("hit" if hit else "miss").inc()
             if hit:
                 return link_cached_outputs(state, job, hit), timings, True
@@ -194,6 +196,9 @@ class JobRunner:
             name = output_name(job, fmt)
             splat.write(gaussians, out_dir / name, fmt)  # atomic per file
             outputs[fmt] = name
+        name = output_name(job, PREVIEW_FORMAT)  # an extra output, not one of job.formats
+        if self.state.settings.previews and write_preview(gaussians, out_dir / name):
+            outputs[PREVIEW_FORMAT] = name
         return outputs, time.perf_counter() - start
 
     def _advance(self, job_id: str, stage: str) -> None:

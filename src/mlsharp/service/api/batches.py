@@ -198,7 +198,8 @@ def _archive_members(state: ServiceState, jobs: list[JobRecord]) -> list[tuple[s
     for job in jobs:
         if job.status is not JobStatus.SUCCEEDED:
             continue
-        for name in job.outputs.values():
+        # The formats the client asked for; the page's thumbnail (`preview`) stays out.
+        for name in (job.outputs[fmt] for fmt in job.formats if fmt in job.outputs):
             path = state.storage.output_path(job.id, name)
             if not path.is_file():
                 continue

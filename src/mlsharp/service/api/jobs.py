@@ -229,7 +229,7 @@ def job_result(
     format: Annotated[str, Query(max_length=32, description="output format, e.g. ply")] = "ply",
 ) -> Response:
     """Download one result file (supports ``Range``, ``ETag`` and ``If-None-Match``)."""
-    from mlsharp.splat import MEDIA_TYPES
+    from mlsharp.service.preview import media_type
 
     job = find_job(state, job_id, owner)
     if job.status is not JobStatus.SUCCEEDED:
@@ -251,7 +251,7 @@ def job_result(
         return Response(status_code=304, headers={"ETag": etag})
     return FileResponse(
         path,
-        media_type=MEDIA_TYPES.get(format, "application/octet-stream"),
+        media_type=media_type(format),  # the scene formats' types, or the preview's PNG
         filename=name,
         headers={"ETag": etag, "Cache-Control": "private, max-age=3600"},
     )

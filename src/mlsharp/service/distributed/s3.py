@@ -80,9 +80,9 @@ class S3Storage:
         """The download response of one result: streamed, or a 307 to a presigned URL."""
         from fastapi.responses import RedirectResponse, StreamingResponse
 
-        from mlsharp.splat import MEDIA_TYPES
+        from mlsharp.service.preview import media_type as media_type_of
 
-        media_type = MEDIA_TYPES.get(fmt, "application/octet-stream")
+        media_type = media_type_of(fmt)  # a scene format's, or the preview's image/png
         key = f"{_job(job.id)}/out/{name}"
         if self.settings.s3_downloads == "redirect":
             url = self.blobs.presign(

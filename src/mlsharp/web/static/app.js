@@ -405,7 +405,8 @@ async function followJob(job, signal) {
 
 function renderDownloads(job) {
   const results = job?.status === "succeeded" ? job.links.results : {};
-  const entries = Object.entries(results || {});
+  // The thumbnail (`preview`) belongs to the history list, not to the downloads.
+  const entries = Object.entries(results || {}).filter(([format]) => format !== "preview");
   ui.downloads.hidden = entries.length === 0;
   ui.downloadList.replaceChildren(
     ...entries.map(([format, url]) => {
@@ -556,10 +557,41 @@ async function refreshHistory({ quiet = false } = {}) {
       const when = document.createElement("time");
       when.dateTime = job.created_at;
       when.textContent = new Date(job.created_at).toLocaleString(language());
+      const thumb = historyThumbnail(job);
+      if (thumb) item.append(thumb);
       item.append(open, " ", status, " ", when);
       return item;
     }),
   );
+}
+
+/**
+ * The job's `preview` result as an <img>, or null when it has none. An <img src> cannot
+ * send the API key, so the PNG is fetched through the API client and shown from a blob:
+ * URL (the page's CSP allows blob: images); the URL is revoked once the image is decoded.
+ */
+function historyThumbnail(job) {
+  const url = job.links?.results?.preview;
+  if (!url) return null;
+  const img = document.createElement("img");
+  img.className = "thumb";
+  img.alt = t("previewAlt", { name: job.input_name });
+  img.loading = "lazy";
+  img.decoding = "async";
+  img.width = 64;
+  img.height = 48;
+  img.addEventListener("load", () => URL.revokeObjectURL(img.src), { once: true });
+  api
+    .request(url)
+    .then((response) => response.blob())
+    .then((blob) => {
+      img.src = URL.createObjectURL(blob);
+    })
+    .catch((error) => {
+      img.remove(); // expired or deleted meanwhile: no thumbnail, no error box
+      console.warn(`no preview for job ${job.id}`, error);
+    });
+  return img;
 }
 
 // ---------------------------------------------------------------- start

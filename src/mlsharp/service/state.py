@@ -92,7 +92,7 @@ class ServiceState:
         metrics.attach(
             StateProbe(
                 job_counts=state.store.counts,
-                cache=lambda: _cache_numbers(state.cache),
+                cache=lambda: cache_numbers(state.cache),
                 device_memory=state.device_memory,
             )
         )
@@ -183,7 +183,8 @@ def _options_suffix(engine: Engine) -> str:
     return "" if options == RuntimeOptions() else f":{options.label()}"
 
 
-def _cache_numbers(cache: ResultCache) -> dict[str, float]:
+def cache_numbers(cache: ResultCache) -> dict[str, float]:
+    """The cache gauges of the metrics, from any cache backend's ``stats()``."""
     stats = cache.stats()
     return {
         "entries": stats.entries,

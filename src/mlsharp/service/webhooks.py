@@ -325,6 +325,29 @@ def _short_error(exc: BaseException) -> str:
     return message[:_MAX_ERROR_LEN]
 
 
+def attempt_outcome(
+    status_code: int | None,
+    number: int,
+    *,
+    give_up: bool,
+    max_attempts: int,
+    backoff_seconds: float,
+) -> tuple[bool, str, float | None]:
+    """What delivery attempt ``number`` (1-based) leads to: ``(ok, status, next_at)``.
+
+    A 2xx succeeds. A refused URL (``give_up``), a 410 Gone or the last allowed attempt
+    fails for good. Anything else (no response, another status) is retried after an
+    exponential backoff, capped, at the epoch time ``next_at``. Shared by every backend.
+    """
+    ok = status_code is not None and 200 <= status_code < 300
+    if ok:
+        return True, "succeeded", None
+    if give_up or status_code == 410 or number >= max_attempts:
+        return False, "failed", None
+    backoff = min(backoff_seconds * 2 ** (number - 1), _MAX_BACKOFF_S)
+    return False, "pending", time.time() + backoff
+
+
 def new_webhook(
     url: str, events: Sequence[str] | str, owner: str | None, *, allow_private: bool
 ) -> Webhook:
@@ -701,14 +724,13 @@ class WebhookService:
             except (httpx.HTTPError, OSError) as exc:
                 error = _short_error(exc)
         duration_ms = (time.monotonic() - t0) * 1000.0
-        ok = status_code is not None and 200 <= status_code < 300
-        if ok:
-            status, next_at = "succeeded", None
-        elif final or status_code == 410 or number >= self.max_attempts:
-            status, next_at = "failed", None
-        else:
-            backoff = min(self.backoff_seconds * 2 ** (number - 1), _MAX_BACKOFF_S)
-            status, next_at = "pending", time.time() + backoff
+        ok, status, next_at = attempt_outcome(
+            status_code,
+            number,
+            give_up=final,
+            max_attempts=self.max_attempts,
+            backoff_seconds=self.backoff_seconds,
+        )
         if status_code is not None and not ok:
             log.info("webhook %s attempt %d: HTTP %d", delivery_id, number, status_code)
         elif error is not None:

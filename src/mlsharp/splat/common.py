@@ -26,7 +26,7 @@ import numpy as np
 
 from mlsharp.errors import ConfigError, MlsharpError
 from mlsharp.gaussians import Gaussians
-from mlsharp.splat.ply import linear_to_srgb, srgb_to_linear
+from mlsharp.splat.ply import DEFAULT_FOCAL_PX, DEFAULT_IMAGE_SIZE, linear_to_srgb, srgb_to_linear
 
 __all__ = [
     "DEFAULT_FOCAL_PX",
@@ -46,9 +46,8 @@ Frame = Literal["opencv", "opengl"]
 FRAMES: tuple[str, ...] = get_args(Frame)
 
 # Files without camera metadata (.splat, .spz, third-party PLY) get the reference loader's
-# defaults, so a converted file is still a valid reference .ply.
-DEFAULT_FOCAL_PX = 512.0
-DEFAULT_IMAGE_SIZE = (640, 480)
+# defaults (DEFAULT_FOCAL_PX, DEFAULT_IMAGE_SIZE, imported above), so a converted file is
+# still a valid reference .ply.
 
 
 class SceneFormatError(MlsharpError, ValueError):

@@ -103,9 +103,10 @@ _FORMATS = {"binary_little_endian": "<", "binary_big_endian": ">"}
 # 3DGS files with 45 f_rest_* properties stay under 2 KiB).
 _MAX_HEADER_BYTES = 1 << 20
 
-# Defaults of the reference loader when a file has no intrinsic element.
-_DEFAULT_FOCAL_PX = 512.0
-_DEFAULT_IMAGE_SIZE = (640, 480)
+# Defaults of the reference loader when a file has no intrinsic element (also used by the
+# readers of formats that carry no camera: .splat, .spz, third-party PLY).
+DEFAULT_FOCAL_PX = 512.0
+DEFAULT_IMAGE_SIZE = (640, 480)
 
 
 class PlyFormatError(MlsharpError, ValueError):
@@ -419,11 +420,11 @@ def read_ply(path: str | os.PathLike[str]) -> Gaussians:
     intrinsic = _supplement(raw, "intrinsic")
     image_size = _supplement(raw, "image_size")
     if intrinsic is None:
-        focal_px = _DEFAULT_FOCAL_PX
+        focal_px = DEFAULT_FOCAL_PX
         if image_size is not None and image_size.size == 2:
             size = (int(image_size[0]), int(image_size[1]))
         else:
-            size = _DEFAULT_IMAGE_SIZE
+            size = DEFAULT_IMAGE_SIZE
     elif image_size is None:
         if intrinsic.size != 4:
             raise _fail(path, f"intrinsic has {intrinsic.size} values and no image_size")

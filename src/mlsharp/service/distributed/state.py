@@ -21,7 +21,7 @@ from mlsharp.service.distributed.redis_conn import connect
 from mlsharp.service.distributed.webhooks import RedisWebhookService
 from mlsharp.service.events import ChangeNotifier
 from mlsharp.service.metrics import Metrics, StateProbe
-from mlsharp.service.state import webhook_options
+from mlsharp.service.state import cache_numbers, webhook_options
 from mlsharp.service.storage import LocalStorage
 
 
@@ -58,20 +58,10 @@ def build_distributed(state_cls: Any, settings: Settings, metrics: Metrics) -> A
     )
     state.queue = queue  # read by the queue runner (serve --workers N, mlsharp worker)
 
-    def cache_numbers() -> dict[str, float]:
-        stats = state.cache.stats()
-        return {
-            "entries": stats.entries,
-            "bytes": stats.bytes,
-            "max_bytes": stats.max_bytes,
-            "hits": stats.hits,
-            "misses": stats.misses,
-        }
-
     metrics.attach(
         StateProbe(
             job_counts=state.store.counts,
-            cache=cache_numbers,
+            cache=lambda: cache_numbers(state.cache),
             device_memory=state.device_memory,
         )
     )

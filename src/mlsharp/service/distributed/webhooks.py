@@ -45,6 +45,7 @@ from mlsharp.service.webhooks import (
     Delivery,
     Webhook,
     _iso_utc,
+    attempt_outcome,
     check_url,
     new_webhook,
     sign,
@@ -52,7 +53,6 @@ from mlsharp.service.webhooks import (
 
 log = logging.getLogger("mlsharp.webhooks")
 
-_MAX_BACKOFF_S = 3600.0
 _DEDUPE_TTL_S = 30 * 86400
 _POLL_S = 0.25
 
@@ -326,14 +326,13 @@ class RedisWebhookService:
                     status_code = response.status_code
             except (httpx.HTTPError, OSError) as exc:
                 error = f"{type(exc).__name__}: {str(exc)[:150]}"
-        ok = status_code is not None and 200 <= status_code < 300
-        if ok:
-            status, next_at = "succeeded", None
-        elif refused or status_code == 410 or number >= self.max_attempts:
-            status, next_at = "failed", None
-        else:
-            backoff = min(self.backoff_seconds * 2 ** (number - 1), _MAX_BACKOFF_S)
-            status, next_at = "pending", time.time() + backoff
+        ok, status, next_at = attempt_outcome(
+            status_code,
+            number,
+            give_up=refused,
+            max_attempts=self.max_attempts,
+            backoff_seconds=self.backoff_seconds,
+        )
         if self._on_attempt is not None:
             try:
                 self._on_attempt(record["event"], ok)

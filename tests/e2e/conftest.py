@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.service.conftest import launch_serve, wait_until_ok
 
 CHROMIUM = Path(os.environ.get("MLSHARP_CHROMIUM", "/usr/bin/chromium"))
 #: Software WebGL 2 in headless chromium (see docs/web.md).
@@ -33,13 +33,6 @@ VIEWPORT = {"width": 760, "height": 640}
 BACKGROUND = (16, 18, 24)
 ARTIFACTS = Path(os.environ.get("MLSHARP_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
 API_KEY = "e2e-secret-key"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _missing() -> str | None:
@@ -103,43 +96,14 @@ class Server:
 
 def start_server(data_dir: Path, checkpoint: Path, env: dict[str, str] | None = None) -> Server:
     """Run ``mlsharp serve`` (tiny model, CPU) and wait until the model is loaded."""
-    port = free_port()
     log_path = data_dir.parent / f"{data_dir.name}-serve.log"
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLSHARP_")}
-    full_env.update(MLSHARP_CACHE=str(data_dir.parent / "cache"), **(env or {}))
-    command = [
-        sys.executable,
-        "-m",
-        "mlsharp",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data_dir),
-        "--preset",
-        "tiny",
-        "--checkpoint",
-        str(checkpoint),
-        "--device",
-        "cpu",
-        "--offline",
-    ]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env)
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{server.url}/v1/ready", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"mlsharp serve did not start:\n{log_path.read_text()}")
-        time.sleep(0.1)
+    process, url = launch_serve(
+        data_dir, checkpoint, log_path, cache_dir=data_dir.parent / "cache", env=env
+    )
+    if not wait_until_ok(f"{url}/v1/ready", process, timeout=90):
+        process.kill()
+        raise RuntimeError(f"mlsharp serve did not start:\n{log_path.read_text()}")
+    return Server(url, process, log_path)
 
 
 def stop_server(server: Server) -> None:

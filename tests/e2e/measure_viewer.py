@@ -21,8 +21,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mlsharp import splat
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, free_port
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.e2e.scenes import large_scene
+from tests.service.conftest import free_port
 
 
 def serve_page(data_dir: Path) -> tuple[str, object]:

@@ -159,54 +159,77 @@ class ServeProcess:
         return self.log_path.read_text(errors="replace")
 
 
+def launch_serve(
+    data_dir: Path,
+    checkpoint: Path,
+    log_path: Path,
+    *extra: str,
+    cache_dir: Path,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen, str]:
+    """Start ``mlsharp serve`` (tiny model, CPU, offline) on a free 127.0.0.1 port.
+
+    Output goes to ``log_path``. The child gets this process's environment without any
+    ``MLSHARP_*`` variable, plus ``MLSHARP_CACHE=cache_dir`` and ``env``. Returns the
+    process and its base URL; the caller waits for it and stops it.
+    """
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLSHARP_")}
+    full_env.update(MLSHARP_CACHE=str(cache_dir), **(env or {}))
+    command = [
+        sys.executable,
+        "-m",
+        "mlsharp",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--preset",
+        "tiny",
+        "--checkpoint",
+        str(checkpoint),
+        "--device",
+        "cpu",
+        "--offline",
+        *extra,
+    ]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_until_ok(url: str, process: subprocess.Popen, *, timeout: float) -> bool:
+    """Poll ``url`` until it answers 200 (True), or the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
 @pytest.fixture()
 def serve_process(tmp_path: Path, tiny_checkpoint: Path) -> Iterator[Any]:
     """Factory fixture starting ``mlsharp serve`` processes; all are killed at teardown."""
     started: list[ServeProcess] = []
 
     def start(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> ServeProcess:
-        port = free_port()
         log_path = tmp_path / f"serve-{len(started)}.log"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLSHARP_")}
-        full_env.update(MLSHARP_CACHE=str(tmp_path / "cache"), **(env or {}))
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "mlsharp",
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--data-dir",
-                    str(data_dir),
-                    "--preset",
-                    "tiny",
-                    "--checkpoint",
-                    str(tiny_checkpoint),
-                    "--device",
-                    "cpu",
-                    "--offline",
-                    *extra,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=full_env,
-            )
-        handle = ServeProcess(process, f"http://127.0.0.1:{port}", log_path)
+        process, url = launch_serve(
+            data_dir, tiny_checkpoint, log_path, *extra, cache_dir=tmp_path / "cache", env=env
+        )
+        handle = ServeProcess(process, url, log_path)
         started.append(handle)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{handle.url}/v1/health", timeout=1).status_code == 200:
-                    return handle
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlsharp serve did not start:\n{handle.log()}")
-            time.sleep(0.1)
+        if not wait_until_ok(f"{url}/v1/health", process, timeout=60):
+            raise RuntimeError(f"mlsharp serve did not start:\n{handle.log()}")
+        return handle
 
     yield start
     for handle in started:

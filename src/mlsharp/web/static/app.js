@@ -64,6 +64,8 @@ const state = {
   viewerPromise: null,
   status: null, // {key, params} of the status line, re-rendered on language change
   error: null, // the error shown, re-rendered on language change
+  history: [], // the jobs listed under "Recent jobs", re-labelled on language change
+  historyRequest: 0, // sequence number of the latest history fetch
 };
 
 /** An error of the page itself (not from the API), with a translatable code. */
@@ -145,6 +147,7 @@ function applyLanguage(lang) {
   if (state.job) renderProgress(state.job);
   if (state.file) describeFile(state.file);
   renderDownloads(state.job);
+  labelHistory();
   refreshHistory({ quiet: true });
 }
 
@@ -529,40 +532,59 @@ function toggleFullscreen() {
 // ---------------------------------------------------------------- recent jobs
 
 async function refreshHistory({ quiet = false } = {}) {
+  // Several refreshes can be in flight (job finished, language, key): only the newest lands.
+  const request = ++state.historyRequest;
   let page;
   try {
     page = await api.json("/v1/jobs?limit=20");
   } catch (error) {
-    if (!quiet) showError(error);
+    if (!quiet && request === state.historyRequest) showError(error);
     return;
   }
+  if (request !== state.historyRequest) return;
+  state.history = page.items;
   ui.historyEmpty.hidden = page.items.length > 0;
-  ui.historyList.replaceChildren(
-    ...page.items.map((job) => {
-      const item = document.createElement("li");
-      item.dataset.job = job.id;
-      const open = document.createElement("button");
-      open.type = "button";
-      open.className = "linklike";
-      open.textContent = job.input_name;
-      const verb = t(TERMINAL.has(job.status) ? "open" : "follow");
-      open.setAttribute("aria-label", `${verb}: ${job.input_name}`);
-      open.addEventListener("click", () => {
-        ui.viewerSection.scrollIntoView({ behavior: "smooth", block: "start" });
-        openJob(job.id);
-      });
-      const status = document.createElement("span");
-      status.className = `badge ${job.status}`;
-      status.textContent = t(`status.${job.status}`);
-      const when = document.createElement("time");
-      when.dateTime = job.created_at;
-      when.textContent = new Date(job.created_at).toLocaleString(language());
-      const thumb = historyThumbnail(job);
-      if (thumb) item.append(thumb);
-      item.append(open, " ", status, " ", when);
-      return item;
-    }),
-  );
+  ui.historyList.replaceChildren(...page.items.map(historyItem));
+  labelHistory();
+}
+
+/** One <li> of the recent jobs (its words are set by labelHistory). */
+function historyItem(job) {
+  const item = document.createElement("li");
+  item.dataset.job = job.id;
+  const open = document.createElement("button");
+  open.type = "button";
+  open.className = "linklike";
+  open.textContent = job.input_name;
+  open.addEventListener("click", () => {
+    ui.viewerSection.scrollIntoView({ behavior: "smooth", block: "start" });
+    openJob(job.id);
+  });
+  const status = document.createElement("span");
+  status.className = `badge ${job.status}`;
+  const when = document.createElement("time");
+  when.dateTime = job.created_at;
+  const thumb = historyThumbnail(job);
+  if (thumb) item.append(thumb);
+  item.append(open, " ", status, " ", when);
+  return item;
+}
+
+/**
+ * Puts the current language's words on the listed jobs, in place: a language switch
+ * re-labels the list at once, without fetching it or its thumbnails again.
+ */
+function labelHistory() {
+  for (const job of state.history) {
+    const item = ui.historyList.querySelector(`li[data-job="${CSS.escape(job.id)}"]`);
+    if (!item) continue;
+    const verb = t(TERMINAL.has(job.status) ? "open" : "follow");
+    item.querySelector("button").setAttribute("aria-label", `${verb}: ${job.input_name}`);
+    item.querySelector(".badge").textContent = t(`status.${job.status}`);
+    item.querySelector("time").textContent = new Date(job.created_at).toLocaleString(language());
+    const thumb = item.querySelector("img.thumb");
+    if (thumb) thumb.alt = t("previewAlt", { name: job.input_name });
+  }
 }
 
 /**
@@ -575,7 +597,6 @@ function historyThumbnail(job) {
   if (!url) return null;
   const img = document.createElement("img");
   img.className = "thumb";
-  img.alt = t("previewAlt", { name: job.input_name });
   img.loading = "lazy";
   img.decoding = "async";
   img.width = 64;

@@ -8,6 +8,7 @@ at 1024 px cannot be allocated while a single photo still can.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -88,6 +89,134 @@ def test_forced_allocation_failure_is_out_of_memory_and_the_engine_recovers(
     assert report["batch_after_raise"] == [report["single_under_limit"]] * 4
     assert report["single_under_limit"] == 4 * 2 * 256**2  # tiny at 1024 px
     assert report["oom_releases"] == 1
+
+
+BATCHER_CHILD = textwrap.dedent(
+    """
+    import json, resource, sys, threading, time
+    from mlsharp.engine import Engine
+    from mlsharp.imaging import load_image
+    from mlsharp.runtime.batcher import Batcher
+    from mlsharp.runtime.options import RuntimeOptions
+    from tests.test_precision import structured_photo
+
+    def vm_size():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmSize"):
+                return int(line.split()[1]) * 1024
+
+    def wait_until(condition):
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+
+    engine = Engine.load(sys.argv[1], preset="tiny", device="cpu", download=False,
+                         options=RuntimeOptions(resolution=1024))
+    photo = load_image(structured_photo(64, 48), focal_mm=30)
+    engine.predict(photo)
+    batcher = Batcher(engine, 4)
+    release, go = threading.Event(), threading.Event()
+    results = {}
+
+    def hold(stage):
+        if stage == "preprocess":
+            release.wait(60)
+
+    def call(index):
+        go.wait(60)
+        if index:
+            wait_until(lambda: batcher.batch_sizes == [1])  # queue behind the first
+        try:
+            results[index] = len(batcher.predict(photo, on_stage=None if index else hold))
+        except Exception as error:
+            results[index] = repr(error)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    # One photo fits in this margin, three photos in one forward do not.
+    resource.setrlimit(resource.RLIMIT_AS, (vm_size() + 256 * 2**20, hard))
+    go.set()
+    wait_until(lambda: len(batcher._pending) == 3)
+    release.set()
+    for thread in threads:
+        thread.join(120)
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    print(json.dumps({"results": [results[i] for i in range(4)],
+                      "batch_sizes": batcher.batch_sizes,
+                      "oom_releases": engine.memory_guard.releases["oom"]}))
+    """
+)
+
+
+def test_a_batch_that_does_not_fit_is_retried_photo_by_photo(tiny_checkpoint):
+    # One malloc arena: the worker threads' arenas would otherwise reserve address space
+    # (64 MB each) under the cap and make the margin depend on the thread count.
+    env = {**os.environ, "MALLOC_ARENA_MAX": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", BATCHER_CHILD, str(tiny_checkpoint)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["results"] == [4 * 2 * 256**2] * 4  # every caller got its Gaussians
+    assert report["batch_sizes"] == [1, 3, 1, 1, 1]  # the shared forward failed, then one by one
+    assert report["oom_releases"] == 1
+
+
+CLI_BATCH_CHILD = textwrap.dedent(
+    """
+    import json, resource, sys
+    from pathlib import Path
+    from mlsharp.commands.predict import BatchedPredictions, Job
+    from mlsharp.engine import Engine
+    from mlsharp.imaging import load_image
+    from mlsharp.runtime.options import RuntimeOptions
+    from tests.test_precision import structured_photo
+
+    def vm_size():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmSize"):
+                return int(line.split()[1]) * 1024
+
+    folder = Path(sys.argv[2])
+    jobs = []
+    for index in range(3):
+        source = folder / f"p{index}.png"
+        source.write_bytes(structured_photo(64, 48, seed=index))
+        jobs.append(Job(source, {"ply": folder / f"p{index}.ply"}))
+    engine = Engine.load(sys.argv[1], preset="tiny", device="cpu", download=False,
+                         options=RuntimeOptions(resolution=1024, batch_size=3))
+    engine.predict(load_image(jobs[0].source))
+    batched = BatchedPredictions(engine, jobs, focal_mm=None)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vm_size() + 256 * 2**20, hard))
+    counts = [len(batched.predict(load_image(job.source))) for job in jobs]
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    print(json.dumps({"counts": counts, "oom_releases": engine.memory_guard.releases["oom"]}))
+    """
+)
+
+
+def test_cli_batch_that_does_not_fit_is_predicted_photo_by_photo(tiny_checkpoint, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", CLI_BATCH_CHILD, str(tiny_checkpoint), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env={**os.environ, "MALLOC_ARENA_MAX": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["counts"] == [4 * 2 * 256**2] * 3  # each photo got its Gaussians
+    assert report["oom_releases"] == 1  # the shared forward failed once, then one by one
 
 
 def test_real_allocator_failures_are_recognised():

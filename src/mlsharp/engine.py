@@ -62,9 +62,14 @@ class StageTimes:
 
 
 def _synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work so stage timings are honest."""
+    """Wait for the work queued on the compute stream so stage timings are honest.
+
+    Only the current stream: a device-wide ``torch.cuda.synchronize`` would also wait for
+    :class:`HostTransfer`'s copy stream and so hide the device-to-host copies inside the
+    post-processing time.
+    """
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
     elif device.type == "mps":
         torch.mps.synchronize()
 
@@ -223,7 +228,7 @@ class Engine:
         results: list[Gaussians] = []
         start = 0
         while start < len(images):
-            size = batch_size or self._options.batch_size or self._estimated_batch_size()
+            size = batch_size or self.suggested_batch_size()
             chunk = images[start : start + size]
             results += self._guarded(
                 lambda chunk=chunk: self._predict_batch(chunk, on_stage or (lambda stage: None)),
@@ -239,8 +244,10 @@ class Engine:
         factor = torch.ones(batch_size, device=self.device)
         self._guarded(lambda: self._run_forward(image, factor), batch_size)
 
-    def _estimated_batch_size(self) -> int:
-        return estimate_batch_size(self.device, self._bytes_per_image)
+    def suggested_batch_size(self) -> int:
+        """Photos per forward: the options' batch size, else as many as fit in 80 % of the
+        free CUDA memory (known once a forward was measured), else 1 (CPU, MPS)."""
+        return self._options.batch_size or estimate_batch_size(self.device, self._bytes_per_image)
 
     def _describe(self, batch: int) -> tuple[str, str]:
         """What ran (device aside) and what to lower, for an out-of-memory message."""

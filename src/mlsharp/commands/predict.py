@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlsharp.config import Settings
-from mlsharp.errors import MlsharpError, OutputExists
+from mlsharp.errors import MlsharpError, OutOfMemory, OutputExists
 from mlsharp.imaging import check_focal_mm, is_supported_path
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def run_predict(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         options=settings.runtime_options(),
     )
-    if (settings.batch_size or 1) > 1:  # several photos per forward (docs/runtime.md)
+    if _batching(settings.batch_size, engine, len(plan.jobs)):  # docs/runtime.md
         engine = BatchedPredictions(engine, plan.jobs, focal_mm=args.focal_mm)  # type: ignore[assignment]
     failed = len(plan.failures)
     bar = tqdm(plan.jobs, desc="predict", unit="image", file=sys.stderr, disable=args.quiet)
@@ -158,20 +158,31 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _batching(batch_size: int | None, engine: Any, photos: int) -> bool:
+    """Whether to predict several photos per forward: when asked to (``--batch-size N``
+    above 1), or by default on CUDA, where the engine sizes batches by free memory."""
+    if photos < 2:
+        return False
+    if batch_size is not None:
+        return batch_size > 1
+    return engine.device.type == "cuda"
+
+
 class BatchedPredictions:
     """Stands in for the engine in the per-photo loop and predicts photos in batches.
 
     The loop calls ``predict(image)`` once per job, in job order. On a photo not predicted
     yet, this decodes it and the next ``batch_size - 1`` jobs' photos and predicts them in
     one ``Engine.predict_many``; later calls return the stored results. A photo whose
-    decode fails here is left out of the batch (the loop reports its error itself).
+    decode fails here is left out of the batch (the loop reports its error itself). The
+    batch size is the engine's :meth:`~mlsharp.engine.Engine.suggested_batch_size`, asked
+    before each batch; a batch that runs out of memory is predicted again photo by photo.
     """
 
     def __init__(self, engine: Engine, jobs: list[Job], *, focal_mm: float | None) -> None:
         self.engine = engine
         self.jobs = jobs
         self.focal_mm = focal_mm
-        self.batch_size = engine.options.batch_size or 1
         self._cursor = 0
         self._results: dict[int, Any] = {}
 
@@ -188,15 +199,35 @@ class BatchedPredictions:
         self._cursor = index + 1
         if index not in self._results:
             batch, images = [index], [image]
-            for other in range(index + 1, min(index + self.batch_size, len(self.jobs))):
+            size = self.engine.suggested_batch_size()
+            for other in range(index + 1, min(index + size, len(self.jobs))):
                 try:
                     images.append(load_image(self.jobs[other].source, focal_mm=self.focal_mm))
                 except MlsharpError:
                     continue  # its own turn in the loop reports the error
                 batch.append(other)
-            predicted = self.engine.predict_many(images, batch_size=len(images))
-            self._results.update(zip(batch, predicted, strict=True))
-        return self._results.pop(index)
+            self._results.update(zip(batch, self._predict(images), strict=True))
+        result = self._results.pop(index)
+        if isinstance(result, OutOfMemory):
+            raise result
+        return result
+
+    def _predict(self, images: list[Any]) -> list[Any]:
+        """The Gaussians of ``images``: one forward, or one each if together they do not
+        fit in memory (an out-of-memory error of a single photo is stored as its result
+        and raised when the loop asks for it)."""
+        try:
+            return self.engine.predict_many(images, batch_size=len(images))
+        except OutOfMemory:
+            if len(images) == 1:
+                raise
+        results: list[Any] = []
+        for image in images:
+            try:
+                results.append(self.engine.predict(image))
+            except OutOfMemory as error:
+                results.append(error)
+        return results
 
 
 def _label(job: Job) -> str:

@@ -52,7 +52,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             runner = QueueRunner(state, state.queue, threads=settings.workers)
         else:
-            runner = JobRunner(state, threads=settings.workers)
+            # Jobs share a forward only when several run at once: a batch size of N
+            # gets at least N worker threads (docs/runtime.md, batching).
+            threads = max(settings.workers, settings.batch_size or 0) if settings.workers else 0
+            runner = JobRunner(state, threads=threads)
         if settings.workers > 0:
             threading.Thread(
                 target=state.load_model, name="mlsharp-model-loader", daemon=True

@@ -121,6 +121,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "mlsharp_inference_batch_size",
+            "Photos per network forward (jobs running at once share a forward)",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
 
     def attach(self, probe: StateProbe) -> None:
         """Register the scrape-time gauges read from ``probe``."""

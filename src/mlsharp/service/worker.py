@@ -3,9 +3,11 @@
     stored input --load_image--> Engine.predict --splat.write--> result files --> job succeeded
 
 Each thread claims the oldest queued job from the store, so several threads (or several
-processes sharing the store) never run the same job twice. Inference itself is serialised
-per engine (one forward at a time per device); decoding and writing of other jobs overlap
-with it. A job's record is updated at each stage; the outcome is published to webhooks.
+processes sharing the store) never run the same job twice. One forward runs at a time per
+engine; the photos of jobs that reach inference while it runs share the next forward
+(:class:`~mlsharp.runtime.batcher.Batcher`, up to the engine's batch size), and decoding
+and writing of other jobs overlap with it. A job's record is updated at each stage; the
+outcome is published to webhooks.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsharp.errors import MlsharpError
+from mlsharp.runtime.batcher import Batcher
 from mlsharp.service.cache import cache_key, link_or_copy
 from mlsharp.service.jobs import STAGES, JobRecord, JobStatus
 from mlsharp.service.preview import PREVIEW_FORMAT, PREVIEW_SUFFIX, cache_formats, write_preview
@@ -71,7 +74,8 @@ class JobRunner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._inference_lock = threading.Lock()
+        self._batcher: Batcher | None = None
+        self._batcher_lock = threading.Lock()
         state.wake_workers = self.wake
 
     def start(self) -> None:
@@ -168,10 +172,7 @@ class JobRunner:
             state.metrics.cache_lookups.labels("hit" if hit else "miss").inc()
             if hit:
                 return link_cached_outputs(state, job, hit), timings, True
-        engine = state.model.engine
-        assert engine is not None  # _loop only runs jobs once the model is loaded
-        with self._inference_lock:
-            gaussians = engine.predict(image, on_stage=lambda s: self._advance(job.id, s))
+        gaussians = self._predictor().predict(image, on_stage=lambda s: self._advance(job.id, s))
         stage_times = gaussians.metadata["timings"]
         timings.update(
             preprocess=stage_times.preprocess,
@@ -185,6 +186,20 @@ class JobRunner:
             out_dir = state.storage.output_dir(job.id)
             state.cache.put(key, {fmt: out_dir / name for fmt, name in outputs.items()})
         return outputs, timings, False
+
+    def _predictor(self) -> Batcher:
+        """The engine behind a :class:`Batcher`: concurrent worker threads share forwards
+        (up to the engine's suggested batch size; one at a time with one thread)."""
+        with self._batcher_lock:
+            if self._batcher is None:
+                engine = self.state.model.engine
+                assert engine is not None  # _loop only runs jobs once the model is loaded
+                self._batcher = Batcher(
+                    engine,
+                    engine.suggested_batch_size,
+                    on_batch=self.state.metrics.batch_size.observe,
+                )
+            return self._batcher
 
     def _write(self, job: JobRecord, gaussians: Any) -> tuple[dict[str, str], float]:
         from mlsharp import splat

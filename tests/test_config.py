@@ -144,3 +144,26 @@ def test_config_show_cli(tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("mlsharp: error: cannot read config file")
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+@pytest.mark.parametrize(
+    ("option", "fragment"),
+    [
+        (["--precision", "tf32"], "precision tf32 needs an NVIDIA GPU"),
+        (["--resolution", "1536"], "internal resolution 1536 is not valid for this preset"),
+    ],
+)
+def test_runtime_options_the_device_cannot_run_stop_the_start(
+    run_cli, tiny_checkpoint, tmp_path, command, option, fragment
+):
+    # Before any port is bound or queue connected: one line, exit status 2.
+    queue = ["--queue", "redis://127.0.0.1:9/0"] if command == "worker" else []
+    result = run_cli(
+        command,
+        *("--checkpoint", str(tiny_checkpoint), "--preset", "tiny", "--device", "cpu"),
+        *("--offline", "--data-dir", str(tmp_path / "data"), *queue, *option),
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mlsharp: error: ") and fragment in lines[0]

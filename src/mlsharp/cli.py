@@ -71,8 +71,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    """``--precision``, ``--resolution`` and ``--batch-size`` (docs/runtime.md)."""
+def _add_runtime_options(parser: argparse.ArgumentParser, *, batching: bool = True) -> None:
+    """``--precision``, ``--resolution`` and (with ``batching``) ``--batch-size``
+    (docs/runtime.md)."""
     parser.add_argument(
         "--precision",
         choices=PRECISION_CHOICES,
@@ -86,6 +87,8 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
         help="internal resolution, a multiple of 512 up to twice the preset's (sharp: 1536); "
         "lower is faster and uses less memory; $MLSHARP_RESOLUTION",
     )
+    if not batching:
+        return
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -189,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--data-dir", metavar="DIR", help="shared data dir ($MLSHARP_DATA_DIR)")
     worker.add_argument("--config", metavar="FILE", help="YAML, JSON or TOML settings file")
     _add_model_options(worker)
+    _add_runtime_options(worker, batching=False)  # a worker runs one job at a time
     worker.add_argument(
         "--offline", action="store_true", default=None, help="never download the checkpoint"
     )

@@ -51,6 +51,19 @@ def _check_port_free(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port}: the address {reason}") from None
 
 
+def check_runtime_options(settings: Settings) -> None:
+    """Raise :class:`ConfigError` now, before serving, when the runtime options (precision,
+    resolution, CUDA graphs, ...) cannot run on the configured device and preset, rather
+    than starting a server whose model never becomes ready."""
+    from mlsharp.device import resolve_device
+    from mlsharp.engine import check_options
+    from mlsharp.model import preset
+
+    check_options(
+        settings.runtime_options(), preset(settings.preset), resolve_device(settings.device)
+    )
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Start the API server and block until it is stopped (Ctrl-C / SIGTERM)."""
     settings = settings_from_args(args)
@@ -61,6 +74,8 @@ def run_serve(args: argparse.Namespace) -> int:
         from mlsharp.weights import resolve_checkpoint
 
         resolve_checkpoint(settings.checkpoint, download=not settings.offline, progress=True)
+        if not settings.autotune:  # autotune only picks options the device can run
+            check_runtime_options(settings)
         if settings.autotune:
             # Tune now, in the foreground with a progress bar, so the model load in the
             # lifespan finds the result in the cache (docs/doctor.md).

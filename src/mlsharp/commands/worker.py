@@ -26,7 +26,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Flags > environment > config file > defaults; the queue URL is required."""
     flags = {
         name: getattr(args, name, None)
-        for name in ("queue", "data_dir", "checkpoint", "preset", "device", "offline", "log_format")
+        for name in (
+            *("queue", "data_dir", "checkpoint", "preset", "device", "offline", "log_format"),
+            *("precision", "resolution"),
+        )
     }
     settings = Settings.load(getattr(args, "config", None), **flags)
     if not settings.queue:
@@ -39,11 +42,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def run_worker(args: argparse.Namespace) -> int:
     """Run until SIGTERM/SIGINT; returns the exit status."""
     settings = settings_from_args(args)
+    from mlsharp.commands.serve import check_runtime_options
     from mlsharp.service.logs import configure_logging
     from mlsharp.weights import resolve_checkpoint
 
     configure_logging(settings.log_format, settings.log_level)
     resolve_checkpoint(settings.checkpoint, download=not settings.offline, progress=True)
+    check_runtime_options(settings)  # a bad option is a ConfigError (exit 2), not a failed load
 
     from mlsharp.errors import CheckpointError
     from mlsharp.service.distributed.redis_conn import redact

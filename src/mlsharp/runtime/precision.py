@@ -44,6 +44,11 @@ def check_precision(precision: str, device: torch.device) -> None:
                 f"precision tf32 needs an NVIDIA GPU (Ampere or newer); {device} has no TF32 "
                 "mode: use fp32, or bf16 for speed"
             )
+        if torch.version.hip:  # ROCm reports its devices as "cuda" too
+            raise ConfigError(
+                f"precision tf32 needs an NVIDIA GPU; {device} is an AMD GPU (ROCm): use fp32, "
+                "or bf16/fp16 for speed"
+            )
         major, minor = torch.cuda.get_device_capability(device)
         if major < 8:
             raise ConfigError(

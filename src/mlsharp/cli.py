@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from mlsharp._version import __version__
 from mlsharp.choices import LOG_FORMATS, PRESET_CHOICES, check_device_name
@@ -95,9 +96,23 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error.
+
+    argparse prints the whole usage block before the message; here it is one line,
+    ``mlsharp: error:``, the message and a pointer to ``mlsharp COMMAND --help``
+    (exit status 2).
+    Sub-parsers inherit the class (``add_subparsers`` uses the parent's).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print the one-line error and exit with status 2."""
+        self.exit(2, f"mlsharp: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mlsharp`` command (no heavy imports)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="mlsharp",
         description="One photo in, a 3D Gaussian Splatting scene out (Apple's SHARP model).",
     )

@@ -304,6 +304,19 @@ def _add_render_command(commands: argparse._SubParsersAction) -> None:
     render.add_argument(
         "--background", default="black", help="black, white or #rrggbb (default black)"
     )
+    render.add_argument(
+        "--input-frame",
+        choices=FRAME_CHOICES,
+        help="frame SCENE is stored in when the file cannot tell (as for convert; default: "
+        "opencv for .splat and plain .ply, opengl for .spz)",
+    )
+    render.add_argument(
+        "--fov",
+        type=float,
+        metavar="DEG",
+        help="horizontal field of view (default: the photo's; files without camera data "
+        "such as .splat/.spz assume a 512 px focal length at 640x480, about 64 degrees)",
+    )
     render.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     render.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

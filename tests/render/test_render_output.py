@@ -130,6 +130,13 @@ def test_doctor_says_which_rasterizer_render_uses():
     assert render_summary(LINUX_CPU_ONLY, False).startswith("PyTorch rasterizer")
 
 
+def test_mp4_to_an_unwritable_place_is_one_oserror_and_no_ffmpeg_noise(tmp_path, capfd):
+    frame = np.zeros((10, 12, 3), np.uint8)
+    with pytest.raises(OSError, match="ffmpeg failed"):
+        write_mp4([frame, frame], "/proc/nowhere.mp4", (12, 10))
+    assert capfd.readouterr().err == ""  # ffmpeg's own messages are captured, not printed
+
+
 def test_mp4_is_readable_with_the_right_size_and_frame_count(tmp_path):
     g = marker_scene()
     size = (96, 72)

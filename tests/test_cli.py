@@ -207,3 +207,42 @@ def test_random_checkpoint_loads_strictly(run_cli, tmp_path):
 
     state = torch.load(tmp_path / "r.pt", weights_only=True)
     build_model("tiny").load_state_dict(state, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["bogus"], ["invalid choice: 'bogus'", "`mlsharp --help`"]),
+        (["predict", "a.jpg"], ["required: -o/--output", "`mlsharp predict --help`"]),
+        (["predict", "a.jpg", "-o", "o", "--precision", "fp64"], ["--precision", "'fp64'"]),
+        (["render", "s.ply", "-o", "v.mp4", "--backend", "vulkan"], ["--backend", "'vulkan'"]),
+        (["render", "s.ply", "-o", "v.mp4", "--fov", "wide"], ["--fov", "'wide'"]),
+        (["convert", "a.ply"], ["required: OUT", "`mlsharp convert --help`"]),
+        (["convert", "a.ply", "b.spz", "--frame", "up"], ["--frame", "'up'"]),
+        (["serve", "--port", "http"], ["--port", "'http'", "`mlsharp serve --help`"]),
+        (["doctor", "--jsn"], ["unrecognized arguments: --jsn"]),
+        (["config", "show", "--nope"], ["unrecognized arguments: --nope"]),
+    ],
+)
+def test_usage_errors_are_one_line_without_the_usage_block(args, words, capsys):
+    from mlsharp.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mlsharp: error: "), captured.err
+    assert "usage:" not in captured.err and captured.out == ""
+    assert all(word in lines[0] for word in words), lines[0]
+
+
+@pytest.mark.parametrize("outdir", ["/proc/out", "/sys/out", "a_file/out"])
+def test_predict_output_folder_that_cannot_be_made_fails_before_loading(run_cli, tmp_path, outdir):
+    shutil.copy(ASTRONAUT, tmp_path / "a.jpg")
+    (tmp_path / "a_file").write_bytes(b"x")
+    # No checkpoint exists: the output folder is checked (and created) before the model loads.
+    result = run_cli("predict", "a.jpg", "-o", outdir, "--checkpoint", "nope.pt", "-q")
+    assert result.returncode == 1
+    line = _one_error_line(result.stderr)
+    assert f"cannot create the output folder {outdir}" in line, line

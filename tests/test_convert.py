@@ -206,3 +206,92 @@ def test_convert_refuses_to_overwrite_and_to_invent_depth(predicted: Path, tmp_p
     result = mlsharp("convert", str(source), "x.depth.png", cwd=tmp_path)
     assert result.returncode == 2 and "prediction" in one_error_line(result)
     assert not (tmp_path / "x.depth.png").exists()
+
+
+@pytest.fixture()
+def small_ply(tmp_path: Path) -> Path:
+    """A reference-layout .ply of a small scene (no prediction needed)."""
+    from tests.render.test_render_output import marker_scene
+
+    return splat.write(marker_scene(), tmp_path / "scene.ply")
+
+
+def limited_file_size(max_bytes: int):
+    """preexec_fn: files larger than ``max_bytes`` cannot be written (EFBIG, "File too
+    large"; Python ignores SIGXFSZ), to fail a write after every check before it passed."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+
+@pytest.mark.parametrize(
+    ("out", "words"),
+    [
+        ("/sys/y.spz", ["/sys/y.spz", "ermission denied"]),  # PermissionError (also as root)
+        ("/proc/y.spz", ["/proc/y.spz"]),  # a pseudo-file system: nothing can be created
+        ("a_file/y.spz", ["a_file is not a folder"]),  # FileExistsError before the fix
+        ("no/such/folder/y.spz", ["no/such/folder does not exist"]),
+    ],
+)
+def test_convert_output_that_cannot_be_written_is_one_line(
+    small_ply: Path, tmp_path: Path, out: str, words: list
+) -> None:
+    (tmp_path / "a_file").write_bytes(b"x")
+    result = mlsharp("convert", str(small_ply), out, cwd=tmp_path)
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert all(word in line for word in words), line
+    assert not (tmp_path / "no").exists()  # no folders invented for a mistyped path
+
+
+def test_convert_onto_a_folder_and_a_failing_write_are_one_line(
+    small_ply: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "taken.spz").mkdir()
+    result = mlsharp("convert", str(small_ply), "taken.spz", "--overwrite", cwd=tmp_path)
+    assert result.returncode == 1 and "taken.spz: it is a folder" in one_error_line(result)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSHARP_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "mlsharp", "convert", str(small_ply), "big.ply"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        preexec_fn=limited_file_size(4096),
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "cannot write big.ply: File too large" in one_error_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.ply", "taken.spz"]  # no temp
+
+
+def test_convert_refuses_a_frame_the_reference_ply_cannot_take(
+    small_ply: Path, tmp_path: Path
+) -> None:
+    result = mlsharp("convert", str(small_ply), "x.ply", "--frame", "opengl", cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "--frame opengl" in line and ".standard.ply" in line
+    result = mlsharp("convert", str(small_ply), "y.spz", "--input-frame", "opengl", cwd=tmp_path)
+    assert result.returncode == 2 and "reference layout" in one_error_line(result)
+    assert not (tmp_path / "x.ply").exists() and not (tmp_path / "y.spz").exists()
+    result = mlsharp("convert", str(small_ply), "x.ply", "--frame", "opencv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # what the reference layout is anyway
+
+
+def test_convert_reads_a_plain_3dgs_ply_by_its_layout(predicted: Path, tmp_path: Path) -> None:
+    source = predicted / "out" / "astronaut.ply"
+    reference = splat.read(source)
+    # A y-up viewer-safe file renamed to .ply (as another tool would name it).
+    result = mlsharp("convert", str(source), "up.standard.ply", "--frame", "opengl", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "up.standard.ply").rename(tmp_path / "up.ply")
+    result = mlsharp("convert", "up.ply", "back.ply", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    back = PlyData.read(str(tmp_path / "back.ply"))
+    original = PlyData.read(str(source))
+    for name in ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2"):  # upright, colours kept
+        np.testing.assert_allclose(
+            back["vertex"][name], original["vertex"][name], rtol=1e-4, atol=2e-4
+        )
+    assert splat.read(tmp_path / "back.ply").focal_px == pytest.approx(reference.focal_px)

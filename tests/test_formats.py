@@ -241,3 +241,49 @@ def test_standard_ply_reader_rejects_files_without_3dgs_properties(tmp_path) -> 
     )
     with pytest.raises(splat.PlyFormatError, match="lacks f_dc_0"):
         splat.read(path)
+
+
+def _without_comments(source, dest):
+    """Copy a PLY without its header comment lines (what another 3DGS tool writes)."""
+    header, body = source.read_bytes().split(b"end_header\n", 1)
+    plain = b"\n".join(line for line in header.split(b"\n") if not line.startswith(b"comment"))
+    dest.write_bytes(plain + b"end_header\n" + body)
+    return dest
+
+
+@pytest.mark.parametrize("frame", ["opencv", "opengl"])
+def test_a_plain_3dgs_file_named_ply_is_read_as_3dgs(tmp_path, frame: str) -> None:
+    # Our .standard.ply renamed to .ply: sRGB DC (not linear) and its frame comment.
+    scene = random_scene(300, seed=2)
+    standard = splat.write(scene, tmp_path / "s.standard.ply", "ply-standard", frame=frame)
+    renamed = tmp_path / "renamed.ply"
+    renamed.write_bytes(standard.read_bytes())
+    assert not splat.is_reference_layout(renamed)
+    back = splat.read(renamed)
+    assert back.metadata["frame"] == frame
+    np.testing.assert_allclose(back.colors, scene.colors, atol=1e-5)
+    np.testing.assert_allclose(back.positions, scene.positions, atol=1e-6)
+    assert (back.focal_px, back.image_size) == (812.5, (64, 48))
+
+
+def test_another_tools_3dgs_ply_is_srgb_opencv_and_takes_a_frame(tmp_path) -> None:
+    scene = random_scene(200, seed=3)
+    inria = splat.write(scene, tmp_path / "i.standard.ply", "ply-standard", layout="inria")
+    plain = _without_comments(inria, tmp_path / "point_cloud.ply")
+    back = splat.read(plain)
+    np.testing.assert_allclose(back.colors, scene.colors, atol=1e-5)  # not washed out
+    np.testing.assert_allclose(back.positions, scene.positions, atol=1e-6)  # OpenCV default
+    up = splat.read(plain, frame="opengl")  # the caller knows better than the file
+    np.testing.assert_allclose(up.positions[:, 1:], -scene.positions[:, 1:], atol=1e-6)
+
+
+def test_the_reference_layout_is_detected_and_keeps_its_frame(tmp_path) -> None:
+    scene = random_scene(100, seed=4)
+    path = splat.write(scene, tmp_path / "s.ply", "ply")
+    assert splat.is_reference_layout(path)
+    back = splat.read(path)
+    np.testing.assert_allclose(back.colors, scene.colors, atol=1e-5)
+    assert "frame" not in back.metadata  # read_ply, not the 3DGS reader
+    np.testing.assert_allclose(splat.read(path, frame="opencv").positions, scene.positions)
+    with pytest.raises(ConfigError, match=r"reference layout.*opencv"):
+        splat.read(path, frame="opengl")

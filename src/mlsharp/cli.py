@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from mlsharp._version import __version__
 from mlsharp.choices import LOG_FORMATS, PRESET_CHOICES, check_device_name
@@ -98,9 +99,23 @@ def _add_runtime_options(parser: argparse.ArgumentParser, *, batching: bool = Tr
     )
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error.
+
+    argparse prints the whole usage block before the message; here it is one line,
+    ``mlsharp: error:``, the message and a pointer to ``mlsharp COMMAND --help``
+    (exit status 2).
+    Sub-parsers inherit the class (``add_subparsers`` uses the parent's).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print the one-line error and exit with status 2."""
+        self.exit(2, f"mlsharp: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mlsharp`` command (no heavy imports)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="mlsharp",
         description="One photo in, a 3D Gaussian Splatting scene out (Apple's SHARP model).",
     )
@@ -292,6 +307,19 @@ def _add_render_command(commands: argparse._SubParsersAction) -> None:
     )
     render.add_argument(
         "--background", default="black", help="black, white or #rrggbb (default black)"
+    )
+    render.add_argument(
+        "--input-frame",
+        choices=FRAME_CHOICES,
+        help="frame SCENE is stored in when the file cannot tell (as for convert; default: "
+        "opencv for .splat and plain .ply, opengl for .spz)",
+    )
+    render.add_argument(
+        "--fov",
+        type=float,
+        metavar="DEG",
+        help="horizontal field of view (default: the photo's; files without camera data "
+        "such as .splat/.spz assume a 512 px focal length at 640x480, about 64 degrees)",
     )
     render.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     render.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

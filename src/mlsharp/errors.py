@@ -13,6 +13,7 @@ maps ``http_status`` to a JSON error. Anything that is *not* an ``MlsharpError``
     │   └── DownloadError     the download failed (network, size or checksum mismatch)
     ├── DeviceError           the requested device is unavailable
     ├── OutputExists          the output file exists and overwriting was not asked for
+    ├── OutputError           the output cannot be written (permissions, missing folder, disk)
     ├── ConfigError           an invalid option or setting value
     ├── OutOfMemory           the device ran out of memory for this input and settings
     └── RequestError          the service refuses a request (the HTTP 4xx/503 family)
@@ -87,6 +88,15 @@ class OutputExists(MlsharpError):
     exit_code = 6
     http_status = 409
     code = "output_exists"
+
+
+class OutputError(MlsharpError):
+    """An output file cannot be written: no permission, its folder is missing or is a
+    file, a folder is in its place, the disk is full, the encoder failed."""
+
+    exit_code = 1
+    http_status = 500
+    code = "output_error"
 
 
 class ConfigError(MlsharpError):

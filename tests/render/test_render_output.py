@@ -106,6 +106,37 @@ def test_backend_choice():
         resolve_backend("opengl", torch.device("cpu"))
 
 
+def test_auto_never_picks_gsplat_on_rocm_or_without_cuda():
+    from mlsharp.render.gsplat_backend import gsplat_usable
+
+    assert gsplat_usable("cuda", None, True)
+    assert not gsplat_usable("cuda", "6.4", True)  # ROCm torch: device type "cuda", HIP set
+    assert not gsplat_usable("cuda", None, False)
+    assert not gsplat_usable("mps", None, True) and not gsplat_usable("cpu", None, True)
+
+
+def test_doctor_says_which_rasterizer_render_uses():
+    from dataclasses import replace
+
+    from mlsharp.runtime.doctor import render_summary
+    from tests.test_doctor import LINUX_CPU_ONLY, gpu
+
+    nvidia = replace(LINUX_CPU_ONLY, torch_cuda="12.8", cuda_available=True, gpus=(gpu(),))
+    rocm = replace(nvidia, torch_cuda=None, torch_hip="6.4")
+    assert render_summary(nvidia, gsplat_installed=True) == "gsplat on CUDA (installed)"
+    assert "render-cuda" in render_summary(nvidia, gsplat_installed=False)
+    assert "CUDA only, not ROCm" in render_summary(rocm, gsplat_installed=True)
+    assert "render-cuda" not in render_summary(rocm, gsplat_installed=False)
+    assert render_summary(LINUX_CPU_ONLY, False).startswith("PyTorch rasterizer")
+
+
+def test_mp4_to_an_unwritable_place_is_one_oserror_and_no_ffmpeg_noise(tmp_path, capfd):
+    frame = np.zeros((10, 12, 3), np.uint8)
+    with pytest.raises(OSError, match="ffmpeg failed"):
+        write_mp4([frame, frame], "/proc/nowhere.mp4", (12, 10))
+    assert capfd.readouterr().err == ""  # ffmpeg's own messages are captured, not printed
+
+
 def test_mp4_is_readable_with_the_right_size_and_frame_count(tmp_path):
     g = marker_scene()
     size = (96, 72)

@@ -106,3 +106,13 @@ def test_a_format_the_job_did_not_ask_for_is_404(finished) -> None:
     assert "splat" in missing.json()["message"]
     unknown = server.client.post("/v1/jobs", files=files, data={"formats": "splat,glb"})
     assert unknown.status_code == 422 and unknown.json()["error"] == "invalid_format"
+
+
+def test_the_result_format_is_case_insensitive_like_submission(finished) -> None:
+    server, job = finished
+    url = f"/v1/jobs/{job['id']}/result"
+    for spelled in ("SPZ", "Ply-Standard", " spz "):
+        response = server.client.get(url, params={"format": spelled})
+        assert response.status_code == 200, response.text
+        expected = download(server, job, spelled.strip().lower())
+        assert response.content == expected

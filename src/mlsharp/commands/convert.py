@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from mlsharp.errors import ConfigError, OutputExists
+from mlsharp.commands.output import check_output_file, describe, writing
+from mlsharp.errors import ConfigError
 
 
 def convert(
@@ -29,8 +30,10 @@ def convert(
         overwrite: replace an existing ``dest``.
 
     Raises:
-        ConfigError: unknown suffix or frame, missing input.
+        ConfigError: unknown suffix or frame, a ``frame`` the output cannot take, missing
+            input.
         OutputExists: ``dest`` exists and ``overwrite`` is false.
+        OutputError: ``dest`` cannot be written (its folder is missing, permissions, ...).
         PlyFormatError, SceneFormatError: the input is not readable.
     """
     from mlsharp import splat
@@ -40,18 +43,33 @@ def convert(
     in_format = splat.format_for_path(source)
     out_format = splat.format_for_path(dest)
     if frame is not None:
-        splat.check_frame(frame)
+        _check_output_frame(out_format, splat.check_frame(frame))
     if not source.is_file():
         raise ConfigError(f"input {source} does not exist or is not a file")
-    if dest.exists() and not overwrite:
-        raise OutputExists(f"{dest} exists (use --overwrite to replace it)")
-    if dest.is_dir():
-        raise OutputExists(f"output {dest} is a folder")
+    check_output_file(dest, overwrite=overwrite)
     try:
         gaussians = splat.read(source, in_format, frame=input_frame)
     except OSError as error:
-        raise ConfigError(f"cannot read {source}: {error.strerror or error}") from None
-    return splat.write(gaussians, dest, out_format, **writer_options(out_format, frame))
+        raise ConfigError(f"cannot read {source}: {describe(error)}") from None
+    with writing(dest):
+        return splat.write(gaussians, dest, out_format, **writer_options(out_format, frame))
+
+
+def _check_output_frame(out_format: str, frame: str) -> None:
+    """Refuse a ``--frame`` the reference ``.ply`` cannot honour (rather than ignore it).
+
+    Raises:
+        ConfigError: ``frame`` is not ``opencv`` and the output is the reference layout
+            (always in the model's OpenCV frame).
+    """
+    from mlsharp.splat import FRAME_FORMATS, SUFFIXES
+
+    if out_format == "ply" and frame != "opencv":
+        takes = ", ".join(SUFFIXES[fmt] for fmt in FRAME_FORMATS)
+        raise ConfigError(
+            f"--frame {frame}: a reference-layout .ply is always in the model's opencv "
+            f"frame; --frame applies to {takes} outputs (e.g. OUT.standard.ply)"
+        )
 
 
 def run_convert(args: argparse.Namespace) -> int:

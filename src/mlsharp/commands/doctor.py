@@ -128,6 +128,8 @@ def format_report(report: DoctorReport) -> str:
     tuned = _autotune_lines(report)
     rows.append(("Autotune", tuned[0]))
     rows += [("", line) for line in tuned[1:]]
+    if report.render:
+        rows.append(("Render", report.render))
     lines = [f"{label:<{LABEL_WIDTH}} {value}".rstrip() for label, value in rows]
     lines.append("")
     for finding in report.findings:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlsharp.config import Settings
-from mlsharp.errors import MlsharpError, OutOfMemory, OutputExists
+from mlsharp.errors import MlsharpError, OutOfMemory, OutputError, OutputExists
 from mlsharp.imaging import check_focal_mm, is_supported_path
 
 if TYPE_CHECKING:
@@ -86,6 +86,20 @@ def plan_jobs(
     return Plan(jobs, failures)
 
 
+def _make_output_folder(outdir: Path) -> None:
+    """Create OUTDIR (and its parents): ``-o`` names a folder, which predict creates.
+
+    Raises:
+        OutputError: it cannot be created (no permission, a file in the way, ...).
+    """
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(
+            f"cannot create the output folder {outdir}: {error.strerror or error}"
+        ) from None
+
+
 def writer_options(fmt: str, frame: str | None) -> dict[str, Any]:
     """Options for ``splat.write`` of ``fmt``: ``frame`` where the format takes one."""
     from mlsharp.splat import FRAME_FORMATS
@@ -129,6 +143,7 @@ def run_predict(args: argparse.Namespace) -> int:
         _report(f"skipped {source}: {reason}")
     if not plan.jobs:
         return 1 if plan.failures else 0
+    _make_output_folder(outdir)  # before the model loads: a bad -o fails in a second
 
     engine = Engine.load(
         settings.checkpoint,

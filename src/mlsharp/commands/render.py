@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mlsharp.errors import ConfigError, OutputExists
+import numpy as np
+
+from mlsharp.commands.output import check_output_file, describe, writing
+from mlsharp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mlsharp.gaussians import Gaussians
 
 #: Frames of a video when ``--frames`` is not given (the reference's 60 steps).
 DEFAULT_VIDEO_FRAMES = 60
@@ -51,14 +60,68 @@ def _prefer_passive_openmp_waits() -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def run_render(args: argparse.Namespace) -> int:
-    """Run the ``render`` command; returns the exit status."""
-    _prefer_passive_openmp_waits()
-    from tqdm import tqdm
-
+def _read_scene(path: Path, input_frame: str | None) -> Gaussians:
+    """The scene at ``path`` in the model's frame (one-line errors for unreadable files)."""
     from mlsharp import splat
-    from mlsharp.render import make_trajectory, output_size, render_frames, write_mp4, write_png
 
+    if not path.is_file():
+        raise ConfigError(f"scene {path}: no such file")
+    try:
+        return splat.read(path, frame=input_frame)
+    except OSError as error:
+        raise ConfigError(f"cannot read scene {path}: {describe(error)}") from None
+
+
+def check_fov(fov_degrees: float) -> None:
+    """Raise :class:`ConfigError` unless ``fov_degrees`` is in (0, 180)."""
+    if not 0 < fov_degrees < 180:
+        raise ConfigError(f"--fov must be between 0 and 180 degrees, got {fov_degrees:g}")
+
+
+def apply_fov(gaussians: Gaussians, fov_degrees: float, size: tuple[int, int]) -> None:
+    """Set the scene's focal length so a rendering of ``size`` spans ``fov_degrees``
+    horizontally (for files without camera data: .splat, .spz, third-party .ply).
+
+    Raises:
+        ConfigError: the angle is not in (0, 180).
+    """
+    check_fov(fov_degrees)
+    width, height = size
+    photo_w, photo_h = gaussians.image_size
+    focal_out = width / (2.0 * math.tan(math.radians(fov_degrees) / 2.0))
+    # The renderer scales the photo's focal length by max(w/W, h/H) (camera.photo_intrinsics).
+    gaussians.focal_px = focal_out / max(width / photo_w, height / photo_h)
+
+
+def _warn(message: str) -> None:
+    print(f"mlsharp: warning: {message}", file=sys.stderr)
+
+
+_FRAME_HINT = "if the file is stored y-up (opengl), try --input-frame opengl"
+
+
+def _nothing_in_front(gaussians: Gaussians) -> bool:
+    """True when no splat centre lies in front of the photo's camera (z > 0)."""
+    z = np.asarray(gaussians.positions[:, 2], dtype=np.float64)
+    return not bool(np.any(np.isfinite(z) & (z > 0)))
+
+
+class _EmptyFrameWatch:
+    """Passes images through and remembers whether any showed more than one colour."""
+
+    def __init__(self, images: Iterable[np.ndarray]) -> None:
+        self.images = images
+        self.any_content = False
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for image in self.images:
+            if not self.any_content and image.size:
+                self.any_content = bool((image != image[0, 0]).any())
+            yield image
+
+
+def _checked_output(args: argparse.Namespace) -> tuple[Path, int]:
+    """Check every option that needs no scene; returns ``(OUT, frames)``."""
     dest = Path(args.output)
     suffix = dest.suffix.lower()
     if suffix not in (".mp4", ".png"):
@@ -66,36 +129,70 @@ def run_render(args: argparse.Namespace) -> int:
     frames = _plan_frames(suffix, args.frames)
     if args.fps <= 0:
         raise ConfigError(f"--fps must be positive, got {args.fps}")
-    requested = parse_size(args.size) if args.size else (None, None)
-    if dest.exists() and not args.overwrite:
-        raise OutputExists(f"{dest} exists (use --overwrite to replace it)")
-    scene_path = Path(args.scene)
-    if not scene_path.is_file():
-        raise ConfigError(f"scene {scene_path}: no such file")
-    try:
-        gaussians = splat.read(scene_path)
-    except OSError as error:
-        raise ConfigError(f"cannot read scene {scene_path}: {error.strerror or error}") from None
+    if args.size:
+        parse_size(args.size)
+    if getattr(args, "fov", None) is not None:
+        check_fov(args.fov)
+    check_output_file(dest, overwrite=args.overwrite)
+    return dest, frames
 
-    size = output_size(gaussians.image_size, *requested, even=suffix == ".mp4")
-    cameras = make_trajectory(gaussians, args.trajectory, frames, size)
-    images = render_frames(
-        gaussians, cameras, backend=args.backend, device=args.device, background=args.background
-    )
+
+def _write(
+    images: Iterable[np.ndarray],
+    dest: Path,
+    size: tuple[int, int],
+    frames: int,
+    args: argparse.Namespace,
+) -> float:
+    """Write the frames to ``dest`` (PNG: the first) with a progress bar; returns seconds."""
+    from tqdm import tqdm
+
+    from mlsharp.render import write_mp4, write_png
+
     start = time.perf_counter()
     bar = tqdm(
         images, total=frames, desc="render", unit="frame", file=sys.stderr, disable=args.quiet
     )
-    if suffix == ".png":
-        write_png(next(iter(bar)), dest)
-    else:
-        write_mp4(bar, dest, size, fps=args.fps)
+    with writing(dest):
+        if dest.suffix.lower() == ".png":
+            write_png(next(iter(bar)), dest)
+        else:
+            write_mp4(bar, dest, size, fps=args.fps)
     bar.close()
-    elapsed = time.perf_counter() - start
-    what = "still" if suffix == ".png" else f"{frames} frames, {args.trajectory}, {args.fps:g} fps"
+    return time.perf_counter() - start
+
+
+def run_render(args: argparse.Namespace) -> int:
+    """Run the ``render`` command; returns the exit status."""
+    _prefer_passive_openmp_waits()
+    from mlsharp.render import make_trajectory, output_size, render_frames
+
+    dest, frames = _checked_output(args)
+    scene_path = Path(args.scene)
+    gaussians = _read_scene(scene_path, getattr(args, "input_frame", None))
+    requested = parse_size(args.size) if args.size else (None, None)
+    size = output_size(gaussians.image_size, *requested, even=dest.suffix.lower() == ".mp4")
+    if getattr(args, "fov", None) is not None:
+        apply_fov(gaussians, args.fov, size)
+    empty_scene = _nothing_in_front(gaussians)
+    if empty_scene:
+        _warn(f"no splat of {scene_path} lies in front of the camera; {_FRAME_HINT}")
+    cameras = make_trajectory(gaussians, args.trajectory, frames, size)
+    images = _EmptyFrameWatch(
+        render_frames(
+            gaussians, cameras, backend=args.backend, device=args.device, background=args.background
+        )
+    )
+    elapsed = _write(images, dest, size, frames, args)
+    if dest.suffix.lower() == ".png":
+        what = "still"
+    else:
+        what = f"{frames} frames, {args.trajectory}, {args.fps:g} fps"
     print(
         f"{scene_path} -> {dest} ({len(gaussians):,} splats, {size[0]}x{size[1]}, {what}; "
         f"{elapsed / frames:.2f} s/frame)",
         file=sys.stderr,
     )
+    if not images.any_content and not empty_scene:
+        _warn(f"every frame is a single colour: nothing of the scene is in view; {_FRAME_HINT}")
     return 0

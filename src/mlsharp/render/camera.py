@@ -127,11 +127,13 @@ def output_size(
     elif height is None:
         height = round(width * photo_h / photo_w)
     width, height = max(1, int(width)), max(1, int(height))  # type: ignore[arg-type]
-    if even:
-        width, height = width + width % 2, height + height % 2
+    # Checked before rounding to even sides, so the error names the size asked for (or
+    # derived from the photo); MAX_SIDE is even, so rounding up cannot leave the range.
     for name, side in (("width", width), ("height", height)):
         if not 1 <= side <= MAX_SIDE:
             raise ConfigError(f"render {name} {side} is outside 1..{MAX_SIDE}")
+    if even:
+        width, height = width + width % 2, height + height % 2
     return width, height
 
 

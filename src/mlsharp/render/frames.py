@@ -1,8 +1,8 @@
 """The entry points: render a scene through cameras, or one preview still.
 
-``render_frames(gaussians, cameras)`` picks a backend (``auto``: gsplat on CUDA when it
-is installed, else the pure-PyTorch rasterizer), uploads the scene once and yields one
-uint8 sRGB image per camera.
+``render_frames(gaussians, cameras)`` picks a backend (``auto``: gsplat on NVIDIA CUDA when
+it is installed, else the pure-PyTorch rasterizer, also on ROCm), uploads the scene once
+and yields one uint8 sRGB image per camera.
 """
 
 from __future__ import annotations
@@ -42,8 +42,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "gsplat":
         if device.type != "cuda":
             raise DeviceError(f"the gsplat backend needs a CUDA device, not {device.type!r}")
+        if getattr(torch.version, "hip", None) is not None:
+            raise DeviceError("the gsplat backend is CUDA only, not ROCm: use --backend torch")
         if not gsplat_available(device):
-            raise ConfigError("the gsplat backend needs the gsplat package (pip install gsplat)")
+            raise ConfigError(
+                "the gsplat backend needs the gsplat package "
+                "(pip install 'mlsharp[render-cuda]', or pip install gsplat)"
+            )
     return backend
 
 

@@ -1,4 +1,5 @@
-"""The gsplat backend (CUDA only). gsplat is imported lazily, never on a CPU-only path.
+"""The gsplat backend (NVIDIA CUDA only; not ROCm). gsplat is imported lazily, never on a
+CPU-only path. Install it with the ``render-cuda`` extra (``pip install 'mlsharp[render-cuda]'``).
 
 gsplat takes the same OpenCV camera convention (world-to-camera ``viewmats``, ``Ks``
 with pixel centres at ``i + 0.5``) and quaternions in (w, x, y, z) order, so the scene's
@@ -17,12 +18,28 @@ from mlsharp.render.project import LOW_PASS, NEAR_PLANE
 from mlsharp.render.scene import SceneTensors
 
 
+def gsplat_usable(device_type: str, hip_version: str | None, installed: bool) -> bool:
+    """Whether gsplat can render on a device of ``device_type`` (facts in, answer out).
+
+    gsplat ships CUDA kernels only. A ROCm build of torch reports its AMD GPUs as device
+    type ``"cuda"`` too, with ``torch.version.hip`` set: those render with the PyTorch
+    rasterizer.
+    """
+    return device_type == "cuda" and hip_version is None and installed
+
+
+def gsplat_installed() -> bool:
+    """Whether the gsplat package is installed (found, not imported)."""
+    return importlib.util.find_spec("gsplat") is not None
+
+
 def gsplat_available(device: torch.device) -> bool:
-    """Whether the gsplat backend can run on ``device`` (CUDA and gsplat installed).
+    """Whether the gsplat backend can run on ``device`` (NVIDIA CUDA, gsplat installed).
 
     Only checks that the package is installed; gsplat itself is not imported.
     """
-    return device.type == "cuda" and importlib.util.find_spec("gsplat") is not None
+    hip = getattr(torch.version, "hip", None)
+    return gsplat_usable(device.type, hip, device.type == "cuda" and gsplat_installed())
 
 
 @torch.no_grad()

@@ -6,10 +6,17 @@ is renamed over it only once complete (:func:`mlsharp._atomic.atomic_path`).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
+import signal
+import subprocess
+import tempfile
 from collections.abc import Iterable
+from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -35,6 +42,34 @@ def write_png(image: np.ndarray, dest: str | os.PathLike[str]) -> Path:
     return atomic_write(dest, [encode_png(image)])
 
 
+def _ffmpeg_command(tmp: Path, size: tuple[int, int], fps: float, crf: int) -> list[str]:
+    """ffmpeg reading raw RGB frames on stdin and writing H.264 (yuv420p) MP4 to ``tmp``."""
+    import imageio_ffmpeg
+
+    width, height = size
+    rate = str(Fraction(fps).limit_denominator())  # 24000/1001 stays exact
+    return [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        *("-y", "-nostdin", "-loglevel", "error"),
+        *("-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", rate),
+        *("-i", "-", "-an"),
+        *("-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf)),
+        *("-movflags", "+faststart", "-f", "mp4", str(tmp)),
+    ]
+
+
+def _ffmpeg_failure(log: BinaryIO, status: int) -> str:
+    """Why ffmpeg failed: the last line it logged, else how it ended."""
+    log.seek(0)
+    lines = [line.strip() for line in log.read().decode("utf-8", "replace").splitlines()]
+    last = next((line for line in reversed(lines) if line), None)
+    if last is not None:
+        return last
+    if status < 0:
+        return f"killed by {signal.Signals(-status).name}"
+    return f"exit status {status}"
+
+
 def write_mp4(
     frames: Iterable[np.ndarray],
     dest: str | os.PathLike[str],
@@ -48,43 +83,48 @@ def write_mp4(
     The pixel format is yuv420p (what browsers and players accept), which needs even
     sides. ``crf`` is x264's constant rate factor (lower is better; 18-23 look good). The
     file is written atomically (a temporary file next to ``dest``, renamed when complete).
+    ffmpeg (imageio-ffmpeg's bundled binary) runs with its messages captured, so a failure
+    is one exception carrying ffmpeg's own error line, not noise on the terminal.
 
     Returns:
         The number of frames written.
 
     Raises:
         ConfigError: odd width/height, a frame of another size, or no frames.
+        OSError: the file cannot be written or ffmpeg failed (its error in the message).
     """
-    import imageio_ffmpeg
-
     width, height = size
     if width % 2 or height % 2:
         raise ConfigError(f"MP4 (H.264, yuv420p) needs even sides, got {width}x{height}")
     count = 0
-    with atomic_path(dest) as tmp:
-        writer = imageio_ffmpeg.write_frames(
-            str(tmp),
-            (width, height),
-            fps=fps,
-            codec="libx264",
-            pix_fmt_in="rgb24",
-            pix_fmt_out="yuv420p",
-            quality=None,  # the CRF below instead of imageio-ffmpeg's 0-10 scale
-            macro_block_size=1,  # sizes are already even; never let it rescale
-            output_params=["-crf", str(crf), "-movflags", "+faststart", "-f", "mp4"],
-            ffmpeg_log_level="error",
+    with atomic_path(dest) as tmp, tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            _ffmpeg_command(tmp, size, fps, crf),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
-        writer.send(None)  # start ffmpeg
+        assert process.stdin is not None
         try:
             for frame in frames:
                 if frame.shape != (height, width, 3):
                     raise ConfigError(
                         f"frame of shape {frame.shape} does not match the video's {width}x{height}"
                     )
-                writer.send(np.ascontiguousarray(frame, dtype=np.uint8))
+                try:
+                    process.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
+                except BrokenPipeError:
+                    break  # ffmpeg has quit; its exit status and message say why
                 count += 1
-        finally:
-            writer.close()
+            with contextlib.suppress(BrokenPipeError):
+                process.stdin.close()
+            status = process.wait()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        if status != 0:
+            raise OSError(errno.EIO, f"ffmpeg failed ({_ffmpeg_failure(log, status)})", str(dest))
         if count == 0:
             raise ConfigError("no frames to write")
     return count

@@ -35,6 +35,7 @@ __all__ = [
     "TunedSummary",
     "check_checkpoint",
     "examine",
+    "render_summary",
 ]
 
 EXIT_OK = 0
@@ -97,6 +98,7 @@ class DoctorReport:
     checkpoint: CheckpointStatus
     autotune: list[TunedSummary] = field(default_factory=list)
     next_steps: list[str] = field(default_factory=list)
+    render: str = ""  # which rasterizer `mlsharp render` picks, see render_summary()
 
     @property
     def exit_code(self) -> int:
@@ -124,6 +126,7 @@ class DoctorReport:
             "checkpoint": asdict(self.checkpoint),
             "autotune": [asdict(t) for t in self.autotune],
             "next_steps": self.next_steps,
+            "render": self.render,
         }
 
 
@@ -286,6 +289,23 @@ def _next_steps(report: DoctorReport) -> list[str]:
     return steps
 
 
+def render_summary(facts: SystemProbe, gsplat_installed: bool) -> str:
+    """Which rasterizer ``mlsharp render --backend auto`` uses here, in one phrase.
+
+    gsplat (the ``render-cuda`` extra) is found, never imported: cheap on any machine.
+    """
+    from mlsharp.render.gsplat_backend import gsplat_usable
+
+    cuda = facts.cuda_available and bool(facts.gpus)
+    if cuda and gsplat_usable("cuda", facts.torch_hip, gsplat_installed):
+        return "gsplat on CUDA (installed)"
+    if gsplat_installed:
+        why = "CUDA only, not ROCm" if facts.torch_hip else "installed, needs an NVIDIA GPU"
+        return f"PyTorch rasterizer (gsplat: {why})"
+    hint = "; pip install 'mlsharp[render-cuda]' for gsplat" if cuda and not facts.torch_hip else ""
+    return f"PyTorch rasterizer (gsplat not installed{hint})"
+
+
 def examine(
     checkpoint: str | os.PathLike[str] | None = None,
     *,
@@ -306,4 +326,7 @@ def examine(
         autotune=_tuned_for_machine(facts, status, preset),
     )
     report.next_steps = _next_steps(report)
+    from mlsharp.render.gsplat_backend import gsplat_installed
+
+    report.render = render_summary(facts, gsplat_installed())
     return report

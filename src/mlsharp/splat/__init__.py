@@ -1,7 +1,8 @@
 """Writers (and readers) of Gaussian splat files and depth maps. NumPy only: no torch here.
 
 ``write(gaussians, dest, format, **options)`` dispatches on the output format and
-``read(path)`` on the file name's suffix. Formats (see ``docs/formats.md``):
+``read(path)`` on the file name's suffix (and, for ``.ply``, on the layout inside).
+Formats (see ``docs/formats.md``):
 
 ============== ======================= ==============================================
 format         suffix                  content
@@ -36,7 +37,13 @@ from mlsharp.splat.depth import (
     write_depth_png,
     write_depth_preview,
 )
-from mlsharp.splat.ply import PlyFormatError, read_ply, read_ply_raw, write_ply
+from mlsharp.splat.ply import (
+    PlyFormatError,
+    is_reference_layout,
+    read_ply,
+    read_ply_raw,
+    write_ply,
+)
 from mlsharp.splat.spz import read_spz, write_spz
 from mlsharp.splat.standard_ply import read_standard_ply, write_standard_ply
 
@@ -54,6 +61,7 @@ __all__ = [
     "SplatFormat",
     "check_frame",
     "format_for_path",
+    "is_reference_layout",
     "parse_formats",
     "read",
     "read_ply",
@@ -217,21 +225,37 @@ def read(
 ) -> Gaussians:
     """Read a scene file written in ``format`` (default: chosen by its suffix).
 
+    A ``.ply`` (format ``ply``) is read by its content: ml-sharp's reference layout (it
+    has the supplementary elements, colours per its ``color_space``) with
+    :func:`read_ply`; a plain 3DGS file (only a ``vertex`` element: a ``.standard.ply``
+    renamed, another tool's output) with :func:`read_standard_ply`, i.e. sRGB DC colours
+    and the frame of its ``comment frame`` line, else ``frame``, else OpenCV.
+
     Args:
         path: the file.
         format: its format; ``None`` picks it by suffix.
         frame: the frame the file is stored in, for formats that do not record it
-            (default: the format's default, see :data:`FRAME_FORMATS`).
+            (default: the format's default, see :data:`FRAME_FORMATS`). The reference
+            layout is always in the model's ``opencv`` frame.
 
     Returns:
         The scene in the model's OpenCV frame, colours in linear RGB.
 
     Raises:
-        ConfigError: the format is unknown or cannot be read back (depth maps).
+        ConfigError: the format is unknown or cannot be read back (depth maps), or
+            ``frame`` contradicts a reference-layout ``.ply``.
         PlyFormatError, SceneFormatError: the file is not readable in that format.
         OSError: the file cannot be opened.
     """
     fmt = format or format_for_path(path)
+    if fmt == "ply":
+        if not is_reference_layout(path):
+            fmt = "ply-standard"  # plain 3DGS: sRGB DC and a frame comment, if any
+        elif frame is not None and check_frame(frame) != "opencv":
+            raise ConfigError(
+                f"{Path(path).name} is in ml-sharp's reference layout, which is always in the "
+                f"model's opencv frame; it cannot be read as {frame!r}"
+            )
     reader = _READERS.get(fmt)
     if reader is None:
         known = ", ".join(_READERS)

@@ -25,9 +25,11 @@ from mlsharp.gaussians import Gaussians
 
 __all__ = [
     "PLY_LAYOUT_VERSION",
+    "REFERENCE_ELEMENTS",
     "SH_C0",
     "VERTEX_PROPERTIES",
     "PlyFormatError",
+    "is_reference_layout",
     "linear_to_srgb",
     "ply_header",
     "read_ply",
@@ -358,6 +360,27 @@ def read_ply_raw(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     return out
 
 
+#: Names of the reference layout's supplementary elements (what tells it from plain 3DGS).
+REFERENCE_ELEMENTS: frozenset[str] = frozenset(name for name, _, _ in _SUPPLEMENT)
+
+
+def is_reference_layout(path: str | os.PathLike[str]) -> bool:
+    """Whether the PLY file at ``path`` is in ml-sharp's layout (reads the header only).
+
+    A file with any of the reference's supplementary elements (``intrinsic``,
+    ``color_space``, ...) is; a plain 3DGS file (only ``vertex``, such as a
+    ``.standard.ply`` or another tool's output) is not.
+
+    Raises:
+        PlyFormatError: the header is not a readable binary PLY header.
+        OSError: the file cannot be opened.
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        _, elements = _read_header(fh, path)
+    return any(name in REFERENCE_ELEMENTS for name, _, _ in elements)
+
+
 def _supplement(raw: dict[str, np.ndarray], key: str) -> np.ndarray | None:
     """Values of property ``key``: its own element first, else any element that has it."""
     element = raw.get(key)
@@ -376,6 +399,8 @@ def read_ply(path: str | os.PathLike[str]) -> Gaussians:
     scales, colour ``f_dc * C0 + 0.5``; when the file's ``color_space`` is 0 (sRGB) the
     colours are converted back to linear RGB, so the result is always ``"linearRGB"``
     (like the reference loader; files without ``color_space`` are taken as linear).
+    :func:`mlsharp.splat.read` sends only reference-layout files here and plain 3DGS
+    files (sRGB DC, a frame comment) to :func:`~mlsharp.splat.read_standard_ply`.
     Focal length and image size come from ``intrinsic``/``image_size`` (a legacy 4-value
     ``intrinsic`` ``[fx, fy, W, H]`` is accepted); without ``intrinsic`` the focal length
     defaults to 512 px and the size to ``image_size`` or 640x480. Extra vertex properties

@@ -234,6 +234,7 @@ def job_result(
     job = find_job(state, job_id, owner)
     if job.status is not JobStatus.SUCCEEDED:
         raise Conflict(f"job {job_id} is {job.status.value}; its result is not available")
+    format = format.strip().lower()  # as submission does (parse_formats): ?format=SPZ works
     name = job.outputs.get(format)
     if name is None:
         available = ", ".join(job.outputs) or "none"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -246,3 +247,22 @@ def test_predict_output_folder_that_cannot_be_made_fails_before_loading(run_cli,
     assert result.returncode == 1
     line = _one_error_line(result.stderr)
     assert f"cannot create the output folder {outdir}" in line, line
+
+
+def test_a_closed_stdout_ends_quietly(tmp_path):
+    # `mlsharp config show | head -0`: the reader is gone before anything is written.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "mlsharp", "config", "show"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141  # 128 + SIGPIPE, what a shell shows for `cmd | head`
+    assert result.stderr == ""  # no BrokenPipeError traceback

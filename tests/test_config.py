@@ -106,6 +106,24 @@ def test_bad_environment_values(monkeypatch, name, value, fragment):
     assert fragment in str(info.value)
 
 
+def test_errors_name_where_the_bad_value_came_from(tmp_path, monkeypatch):
+    for name in ("MLSHARP_RESOLUTION", "MLSHARP_BATCH_SIZE", "MLSHARP_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match=r"^invalid setting resolution \(--resolution\): "):
+        Settings.load(None, resolution=700)
+    monkeypatch.setenv("MLSHARP_BATCH_SIZE", "0")
+    with pytest.raises(ConfigError, match=r"^invalid setting batch_size \(MLSHARP_BATCH_SIZE\)"):
+        Settings.load(None)
+    monkeypatch.delenv("MLSHARP_BATCH_SIZE")
+    config = tmp_path / "mlsharp.yaml"
+    config.write_text("resolution: 700\n")
+    with pytest.raises(ConfigError) as info:
+        Settings.load(config)
+    message = str(info.value)
+    assert message.startswith(f"invalid setting resolution (config file {config}): ")
+    assert "use 512, 1024, 1536" in message  # what would be valid
+
+
 def test_rate_parsing():
     assert parse_rate("30/minute") == (30, 60.0)
     assert parse_rate("5 / s") == (5, 1.0)

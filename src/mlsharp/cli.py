@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -18,6 +19,8 @@ from mlsharp.choices import LOG_FORMATS, PRESET_CHOICES, check_device_name
 from mlsharp.errors import MlsharpError
 from mlsharp.runtime.options import PRECISION_CHOICES
 
+#: Exit status when stdout's reader closed the pipe (128 + SIGPIPE, as shells report).
+EXIT_BROKEN_PIPE = 141
 EXIT_INTERRUPTED = 130
 
 #: Coordinate frames of the viewer formats (mirrors mlsharp.splat.FRAMES, kept here so
@@ -387,6 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mlsharp: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`mlsharp doctor | head`): stop quietly, as Unix tools do.
+        # Point stdout at /dev/null so Python's exit-time flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

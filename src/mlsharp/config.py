@@ -272,7 +272,9 @@ class Settings(BaseSettings):
         # The full check (upper bound per preset) happens when the engine is built.
         if value is not None and (value < 512 or value % 512):
             raise ValueError(
-                f"resolution {value} is not a positive multiple of 512 (see docs/runtime.md)"
+                f"resolution {value} is not a positive multiple of 512: use 512, 1024, 1536, "
+                "... up to twice the preset's native resolution (sharp: 1536, tiny: 512; "
+                "see docs/runtime.md)"
             )
         return value
 
@@ -324,10 +326,11 @@ class Settings(BaseSettings):
         if unknown:
             raise ConfigError(f"config file {path}: unknown setting {unknown[0]!r}")
         token = _config_file_values.set(file_values)
+        given = {k: v for k, v in overrides.items() if v is not None}
         try:
-            return cls(**{k: v for k, v in overrides.items() if v is not None})
+            return cls(**given)
         except ValidationError as e:
-            raise ConfigError(_describe_validation_error(e)) from None
+            raise ConfigError(_describe_validation_error(e, given, path)) from None
         finally:
             _config_file_values.reset(token)
 
@@ -364,10 +367,22 @@ class Settings(BaseSettings):
         return values
 
 
-def _describe_validation_error(error: ValidationError) -> str:
+def _describe_validation_error(
+    error: ValidationError, flags: dict[str, Any], config_file: Any = None
+) -> str:
+    """One line naming the setting, where its value came from, and what is wrong."""
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "settings"
     message = first["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    return f"invalid setting {where} (MLSHARP_{where.upper()}): {message}"
+    name = where.split(".")[0]
+    if name in flags:  # precedence: a flag beats the environment and the file
+        source = f"--{name.replace('_', '-')}"
+    elif f"MLSHARP_{name.upper()}" in os.environ:
+        source = f"MLSHARP_{name.upper()}"
+    elif config_file:
+        source = f"config file {config_file}"
+    else:
+        source = f"MLSHARP_{name.upper()}"
+    return f"invalid setting {where} ({source}): {message}"

@@ -38,15 +38,18 @@ def stage_times(args: argparse.Namespace) -> list[tuple[str, float]]:
     """Run one prediction in-process and return (stage, seconds) rows."""
     import torch
 
+    # The same options `mlsharp predict` would use: MLSHARP_* environment + --extra flags,
+    # parsed by the CLI's own parser so every runtime flag applies here too.
+    from mlsharp.cli import build_parser
     from mlsharp.config import Settings
     from mlsharp.engine import Engine
     from mlsharp.imaging import load_image
     from mlsharp.splat import write_ply
 
-    # The same options `mlsharp predict` would use: MLSHARP_* environment + --extra flags.
-    extra = shlex.split(args.extra)
-    precision = extra[extra.index("--precision") + 1] if "--precision" in extra else None
-    options = Settings.from_env(precision=precision).runtime_options()
+    flags = build_parser().parse_args(["predict", "in.jpg", "-o", "out", *shlex.split(args.extra)])
+    options = Settings.from_env(
+        precision=flags.precision, resolution=flags.resolution, batch_size=flags.batch_size
+    ).runtime_options()
     rows = []
     start = time.perf_counter()
     engine = Engine.load(
@@ -62,6 +65,7 @@ def stage_times(args: argparse.Namespace) -> list[tuple[str, float]]:
     rows.append(("preprocess (resize)", times.preprocess))
     rows.append(("network forward", times.inference))
     rows.append(("post-process (unprojection)", times.postprocess))
+    rows.append(("device-to-host copy (not hidden behind post-processing)", times.transfer))
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         write_ply(gaussians, Path(tmp) / "out.ply")

@@ -66,13 +66,32 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def peak_memory_gb(device) -> tuple[str, float]:
-    """(what was measured, GB): CUDA peak allocated, else the process's peak RSS."""
-    import torch
+class PeakTracker:
+    """The largest memory use seen: CUDA peak allocated, else the process's peak RSS.
 
-    if device.type == "cuda":
-        return "CUDA max allocated", torch.cuda.max_memory_allocated(device) / 1e9
-    return "peak RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    The engine resets CUDA's peak counter at every forward (for its batch-size estimate),
+    so ``note`` is called after each prediction and keeps the running maximum; a single
+    read at the end would only see the last call.
+    """
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self.cuda_peak = 0
+
+    def note(self) -> None:
+        """Fold the peak since the last reset into the running maximum (CUDA)."""
+        import torch
+
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.cuda_peak = max(self.cuda_peak, peak)
+
+    def result_gb(self) -> tuple[str, float]:
+        """(what was measured, GB)."""
+        if self.device.type == "cuda":
+            self.note()
+            return "CUDA max allocated", self.cuda_peak / 1e9
+        return "peak RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 def child(args: argparse.Namespace) -> None:
@@ -93,7 +112,10 @@ def child(args: argparse.Namespace) -> None:
     engine = Engine.load(
         checkpoint, preset=args.preset, device=args.device, progress=False, options=options
     )
+    peaks = PeakTracker(engine.device)
+    peaks.note()  # the weights, loaded
     engine.warmup()
+    peaks.note()
     ready = time.perf_counter() - START
     samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
     out = Path(tempfile.mkdtemp()) / "out.ply"
@@ -103,6 +125,7 @@ def child(args: argparse.Namespace) -> None:
         decoded = time.perf_counter()
         gaussians = engine.predict(image)
         predicted = time.perf_counter()
+        peaks.note()
         write_ply(gaussians, out)
         written = time.perf_counter()
         times = gaussians.metadata["timings"]
@@ -117,11 +140,12 @@ def child(args: argparse.Namespace) -> None:
     image = load_image(args.image)
     for batch in args.batch_sizes:
         engine.predict_many([image] * batch, batch_size=batch)  # warm this shape
+        peaks.note()
         begin = time.perf_counter()
         for _ in range(args.batch_runs):
             engine.predict_many([image] * batch, batch_size=batch)
         throughput[batch] = batch * args.batch_runs / (time.perf_counter() - begin)
-    what, peak = peak_memory_gb(engine.device)
+    what, peak = peaks.result_gb()
     print(
         json.dumps(
             {

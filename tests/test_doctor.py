@@ -360,7 +360,16 @@ def test_doctor_reports_a_corrupt_checkpoint_with_exit_4(
     assert (
         f"problem  the checkpoint cannot be used: cannot read checkpoint {broken}" in result.stdout
     )
+    assert "is damaged or not a SHARP checkpoint: download it again" in result.stdout
+    assert "--preset" not in result.stdout.split("Next", 1)[-1]  # not a preset problem
     assert "Traceback" not in result.stderr
+
+
+def test_doctor_suggests_the_preset_for_a_checkpoint_of_another_preset(run_cli, tiny_checkpoint):
+    result = run_cli("doctor", "--checkpoint", str(tiny_checkpoint), "--preset", "sharp")
+    assert result.returncode == EXIT_CHECKPOINT, result.stdout + result.stderr
+    assert "pass the preset it was made for (--preset)" in result.stdout
+    assert "damaged" not in result.stdout
 
 
 def test_doctor_shows_the_cached_autotune_result(cache, tiny_checkpoint):

@@ -167,6 +167,31 @@ def test_fast_path_matches_fp32_reference_on_cpu(
         assert max(figures.values()) > 0
 
 
+def test_channels_last_really_changes_the_decoder_layout(tiny_checkpoint):
+    # The channels_last comparison above passes at zero error on the CPU, which it would
+    # also do if the option did nothing: check the weights' memory format itself.
+    def conv_weights(engine: Engine) -> list[torch.Tensor]:
+        return [
+            module.weight
+            for part in engine.model.conv_decoders()
+            for module in part.modules()
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+            and module.weight.shape[-1] > 1  # 1x1 kernels look the same in both formats
+        ]
+
+    plain = conv_weights(_engine(tiny_checkpoint))
+    converted = conv_weights(_engine(tiny_checkpoint, channels_last=True))
+    assert len(plain) == len(converted) > 20
+    nhwc = torch.channels_last
+    assert not any(w.is_contiguous(memory_format=nhwc) and not w.is_contiguous() for w in plain)
+    assert all(w.is_contiguous(memory_format=nhwc) for w in converted)
+    assert sum(not w.is_contiguous() for w in converted) > 20  # really re-laid out
+    # The ViT encoders stay as they are (only the convolutional parts change).
+    vit = _engine(tiny_checkpoint, channels_last=True).model.monodepth_model
+    patch = vit.monodepth_predictor.encoder.patch_encoder.patch_embed.proj.weight
+    assert patch.is_contiguous()
+
+
 def test_fp32_default_is_deterministic_and_reference(tiny_checkpoint, photo, reference):
     engine = _engine(tiny_checkpoint)
     assert engine.options == RuntimeOptions()
@@ -322,7 +347,9 @@ def test_torch_compile_on_cpu_matches_reference(tiny_checkpoint, photo, referenc
 @pytest.mark.parametrize(
     ("options", "tolerance"),
     [
-        ({"precision": "tf32"}, BF16),  # TF32 keeps 10 mantissa bits: between bf16 and fp32
+        # TF32 keeps 10 mantissa bits, like fp16: held to fp16's bounds, so a path that
+        # silently ran bf16 (7 bits) would fail.
+        ({"precision": "tf32"}, FP16),
         ({"precision": "bf16"}, BF16),
         ({"precision": "fp16"}, FP16),
         ({"channels_last": True}, FP32_ROUNDING),

@@ -271,10 +271,15 @@ def _next_steps(report: DoctorReport) -> list[str]:
         )
     elif ckpt.verified is False and ckpt.source == "default":
         steps.append(f"replace the checkpoint: delete {ckpt.path} and run `mlsharp download`")
-    elif ckpt.verified is False:
+    elif ckpt.verified is False and "does not match the model" in (ckpt.problem or ""):
         steps.append(
             f"check the checkpoint chosen by {ckpt.source}: pass the preset it was made for "
             "(--preset) or another file"
+        )
+    elif ckpt.verified is False:  # unreadable, truncated, not a checkpoint, wrong digest
+        steps.append(
+            f"the checkpoint chosen by {ckpt.source} is damaged or not a SHARP checkpoint: "
+            "download it again (`mlsharp download`) or pass another file"
         )
     device = report.auto_device
     if ckpt.verified and not any(

@@ -182,8 +182,9 @@ class QueueRunner(JobRunner):
         again (if that send fails, the reconciler sends it).
         """
         self._handing_back.set()
-        with self._in_hand_lock:
+        with self._in_hand_lock:  # no more lease renewals for them: they go back
             runs = dict(self._in_hand)
+            self._in_hand.clear()
         count = 0
         for job_id, token in runs.items():
             job = call_with_retry(

@@ -101,7 +101,8 @@ def test_outage_longer_than_the_heartbeat_timeout_keeps_the_run(
             f"{api.url}/v1/webhooks",
             json={"url": webhook_receiver.url, "events": ["job.succeeded"]},
         ).raise_for_status()
-        workers = [cluster.worker("--debug-job-delay", "8") for _ in range(2)]
+        # The run outlasts the outage and the other worker's decision with a margin.
+        workers = [cluster.worker("--debug-job-delay", "12") for _ in range(2)]
         job_id = submit(api.url, (4, 5, 6))
         deadline = time.monotonic() + 30
         while not any(f"job {job_id}: run 1 " in w.log() for w in workers):
@@ -157,8 +158,8 @@ def test_api_instances_restart_mid_run(cluster):
     ports = [free_port(), free_port()]
     apis = [cluster.api(port=port) for port in ports]
     urls = [api.url for api in apis]
-    cluster.worker("--debug-job-delay", "0.5")
-    ids = [submit(urls[i % 2], (3 * i, 40, 90)) for i in range(6)]
+    cluster.worker("--debug-job-delay", "0.75")
+    ids = [submit(urls[i % 2], (3 * i, 40, 90)) for i in range(8)]
     answers: list[tuple[str, str, str]] = []  # (api url, job id, status) while polling
     stop = threading.Event()
 

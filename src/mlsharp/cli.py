@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         metavar="S",
-        help="on SIGTERM, wait this long for the job in hand (default 60)",
+        help="on SIGTERM, let the job in hand run this long, then hand it back to the "
+        "queue (default 60)",
     )
     worker.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json logs")
     worker.add_argument("--debug-job-delay", type=float, default=0.0, help=argparse.SUPPRESS)

@@ -216,6 +216,11 @@ class Settings(BaseSettings):
     queue_heartbeat_seconds: float = Field(
         30.0, gt=0, description="a silent worker is dead after this; its job runs elsewhere"
     )
+    queue_grace_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="a job left without a queue message this long is sent again (or failed)",
+    )
     job_time_limit_seconds: float = Field(600.0, gt=0, description="longest run of one job")
     job_max_attempts: int = Field(
         3, ge=1, le=20, description="runs of a job (first try + retries) before it fails"

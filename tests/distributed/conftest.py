@@ -352,3 +352,60 @@ def wait_jobs(urls: list[str], ids: list[str], timeout: float = 120) -> dict[str
             raise AssertionError(f"{len(missing)} job(s) unfinished after {timeout}s: {missing}")
         time.sleep(0.1)
     return done
+
+
+def job_record(queue_url: str, job_id: str) -> Any:
+    """The job's record as stored in Redis (attempts included)."""
+    import redis
+
+    from mlsharp.service.distributed.job_store import RedisJobStore
+
+    store = RedisJobStore(redis.Redis.from_url(queue_url), "mlsharp")
+    try:
+        job = store.get(job_id)
+        assert job is not None, f"no record of {job_id}"
+        return job
+    finally:
+        store.close()
+
+
+def wait_webhooks_settled(queue_url: str, timeout: float = 30) -> int:
+    """Poll Redis until no webhook delivery is pending; assert each delivery was sent
+    exactly once (one attempt); returns how many deliveries there are.
+
+    Call it once the jobs are finished: their deliveries were created in the same
+    transaction as their final state, so none can appear later.
+    """
+    import redis
+
+    client = redis.Redis.from_url(queue_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while client.zcard("mlsharp:wh:due"):
+            assert time.monotonic() < deadline, "webhook deliveries still pending"
+            time.sleep(0.05)
+        deliveries = list(client.scan_iter("mlsharp:wh:delivery:*", count=1000))
+        attempts = {key: client.llen(key) for key in client.scan_iter("mlsharp:wh:attempts:*")}
+        assert len(attempts) == len(deliveries), (attempts, deliveries)
+        assert set(attempts.values()) <= {1}, attempts
+        return len(deliveries)
+    finally:
+        client.close()
+
+
+def requeue_all_in_flight(queue_url: str, heartbeat_seconds: float = 2.0) -> None:
+    """Run the broker's requeue maintenance as a process whose clock is ahead: every
+    worker looks dead, so their fetched messages go back to the queue. This is what the
+    first worker back after a long Redis outage does, or one with a skewed clock."""
+    import redis
+    from dramatiq.brokers.redis import RedisBroker
+
+    client = redis.Redis.from_url(queue_url)
+    try:
+        broker = RedisBroker(client=client, namespace="mlsharp:queue")
+        ahead_ms = int((time.time() + 10 * heartbeat_seconds) * 1000)
+        args = ["qsize", ahead_ms, "jobs", "test-clock-ahead", int(heartbeat_seconds * 1000)]
+        args += [7 * 86400000, 1, 100]  # dead message TTL, do maintenance, unpack size
+        broker.scripts["dispatch"](args=args, keys=[broker.namespace])
+    finally:
+        client.close()

@@ -1,5 +1,6 @@
 """Several API processes and workers on one Redis: every job runs once, results and
-webhooks are shared, a killed worker's job runs elsewhere, API restarts lose nothing."""
+webhooks are shared, a killed worker's job runs elsewhere, a stopping worker finishes or
+hands back its job."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import time
 import httpx
 import pytest
 
-from tests.distributed.conftest import submit, wait_jobs, wait_log
+from tests.distributed.conftest import (
+    job_record,
+    submit,
+    wait_jobs,
+    wait_log,
+    wait_webhooks_settled,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +44,7 @@ def test_two_apis_two_workers_twenty_jobs(cluster, webhook_receiver):
     # Both workers took part (prefetch of one: an idle worker gets the next job).
     ran = [w.log().count(" succeeded in ") for w in workers]
     assert sum(ran) == 20 and min(ran) > 0, ran
-    deadline = time.monotonic() + 30
-    while len(webhook_receiver.bodies()) < 20 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)  # a duplicate would arrive now
+    assert wait_webhooks_settled(cluster.queue_url) == 20
     per_job = collections.Counter(b["data"]["id"] for b in webhook_receiver.bodies())
     assert per_job == dict.fromkeys(ids, 1), per_job
     assert {b["type"] for b in webhook_receiver.bodies()} == {"job.succeeded"}
@@ -50,9 +54,11 @@ def test_two_apis_two_workers_twenty_jobs(cluster, webhook_receiver):
     assert len(deliveries) == 20 and {d["status"] for d in deliveries} == {"succeeded"}
 
 
-def test_killed_worker_job_completes_on_the_other(cluster, webhook_receiver):
+def test_killed_worker_job_completes_on_the_other(cluster, webhook_receiver, moto_s3):
     """kill -9 the worker running a job: after the heartbeat timeout the job is redelivered
-    to the other worker and completes once (one result, one webhook, run 2 of 3)."""
+    to the other worker and completes once (one result, one webhook, run 2 of 3). Files
+    live in S3: the second worker fetches the input from the bucket, not the first's disk."""
+    cluster.env.update(moto_s3.env(), MLSHARP_S3_PREFIX="killed/")
     api = cluster.api()
     httpx.post(
         f"{api.url}/v1/webhooks", json={"url": webhook_receiver.url, "events": ["job.succeeded"]}
@@ -75,7 +81,13 @@ def test_killed_worker_job_completes_on_the_other(cluster, webhook_receiver):
     assert f"job {job_id} succeeded" in other.log()
     result = httpx.get(f"{api.url}/v1/jobs/{job_id}/result?format=ply", timeout=30)
     assert result.status_code == 200 and result.content.startswith(b"ply\n")
-    time.sleep(1.5)  # a duplicate webhook would arrive now
+    listed = moto_s3.client().list_objects_v2(Bucket=moto_s3.bucket, Prefix="killed/jobs/")
+    assert sorted(item["Key"] for item in listed["Contents"]) == [
+        f"killed/jobs/{job_id}/input.jpg",
+        f"killed/jobs/{job_id}/out/p1-2.ply",
+        f"killed/jobs/{job_id}/out/p1-2.preview.png",
+    ]
+    assert wait_webhooks_settled(cluster.queue_url) == 1
     assert [b["data"]["id"] for b in webhook_receiver.bodies()] == [job_id]
     assert httpx.get(f"{api.url}/v1/stats").json()["jobs"] == {
         "queued": 0,
@@ -91,7 +103,8 @@ def test_killed_worker_job_completes_on_the_other(cluster, webhook_receiver):
 
 def test_sigterm_drains_the_job_in_hand(cluster):
     """SIGTERM while a job runs: the worker finishes it, then exits 0; the next queued
-    job stays queued for another worker."""
+    job stays queued for another worker. A job that outlasts --drain-seconds is handed
+    back (queued again, the attempt not counted) and completes on the next worker."""
     api = cluster.api()
     worker = cluster.worker("--debug-job-delay", "2")
     first = submit(api.url, (100, 0, 0))
@@ -103,5 +116,14 @@ def test_sigterm_drains_the_job_in_hand(cluster):
     assert log.index(f"job {first} succeeded") < log.index("worker stopped")
     assert httpx.get(f"{api.url}/v1/jobs/{first}").json()["status"] == "succeeded"
     assert httpx.get(f"{api.url}/v1/jobs/{second}").json()["status"] == "queued"
-    cluster.worker()  # the next worker takes it
+    slow = cluster.worker("--debug-job-delay", "60", "--drain-seconds", "0.5")
+    wait_log(slow, f"job {second}: run 1 ")
+    stopped_at = time.monotonic()
+    assert slow.stop(signal.SIGTERM, timeout=30) == 0
+    assert time.monotonic() - stopped_at < 15  # not the 60 s the job would take
+    assert f"job {second}: the drain time ran out; handed back to the queue" in slow.log()
+    handed_back = job_record(cluster.queue_url, second)
+    assert (handed_back.status.value, handed_back.attempts) == ("queued", 0)
+    cluster.worker()  # the next worker takes it at once (its message was sent again)
     assert wait_jobs([api.url], [second])[second]["status"] == "succeeded"
+    assert job_record(cluster.queue_url, second).attempts == 1

@@ -50,38 +50,143 @@ def test_store_shared_between_instances_with_idempotency(redis_server):
 
 
 def test_redelivery_is_fenced_and_completes_once(redis_server):
-    """Two runs of one job (the first looked dead): only the newer may advance or finish,
-    and the final transition creates exactly one webhook delivery."""
-    from mlsharp.service.distributed.job_store import EXHAUSTED, RUN, SKIP, LeaseLost
+    """Deliveries of one job: a duplicate while its run's lease is alive is skipped (not
+    an attempt); a run whose lease is gone is taken over only when asked to; the older
+    run, still alive, may record the first result; one webhook delivery in all."""
+    from mlsharp.service.distributed.job_store import BUSY, ORPHAN, RUN, SKIP, LeaseLost
     from mlsharp.service.distributed.webhooks import RedisWebhookService
 
     store = _store(redis_server)
+    redis = redis_server.client()
     hooks = RedisWebhookService(redis_server.client(), "t", allow_private=True)
     hook = hooks.create("http://127.0.0.1:9/hook", ["job.succeeded"])
     store.add(JobRecord(id="job_x"))
     outcome, first = store.start_attempt("job_x", max_attempts=3)
     assert outcome == RUN and first.attempts == 1
-    outcome, second = store.start_attempt("job_x", max_attempts=3)  # redelivered
+    assert 0 < redis.pttl("t:lease:job_x") <= 30_000
+    outcome, job = store.start_attempt("job_x", max_attempts=3)  # requeued while alive
+    assert outcome == BUSY and job.attempts == 1
+    redis.delete("t:lease:job_x")  # e.g. expired while Redis was down
+    assert store.start_attempt("job_x", max_attempts=3)[0] == ORPHAN
+    store.renew_leases({"job_x": 1})  # the run was alive: its heartbeat is back
+    assert store.start_attempt("job_x", max_attempts=3)[0] == BUSY
+    redis.delete("t:lease:job_x")
+    outcome, second = store.start_attempt("job_x", max_attempts=3, take_over=True)
     assert outcome == RUN and second.attempts == 2
 
     def deliveries(pipe, final):
         hooks.stage(pipe, "job.succeeded", {"id": final.id}, None, f"{final.id}:done")
 
-    with pytest.raises(LeaseLost):
-        store.advance("job_x", 1, "inference")
-    assert store.finish("job_x", 1, deliveries, status=JobStatus.SUCCEEDED) is None
+    # The older run keeps going without writing stages; it may not retry or fail the job.
+    assert store.advance("job_x", 1, "inference").stage == "decode"
     assert store.advance("job_x", 2, "inference").stage == "inference"
-    done = store.finish("job_x", 2, deliveries, status=JobStatus.SUCCEEDED, outputs={"ply": "a"})
-    assert done is not None and done.status is JobStatus.SUCCEEDED
-    assert store.finish("job_x", 2, deliveries, status=JobStatus.FAILED) is None
+    assert store.finish("job_x", 1, deliveries, status=JobStatus.FAILED) is None
+    assert store.requeue("job_x", 1, delay_seconds=1) is None
+    # ... but its result is as good as the newer run's: the first result wins.
+    done = store.finish("job_x", 1, deliveries, status=JobStatus.SUCCEEDED, outputs={"ply": "a"})
+    assert done is not None and done.status is JobStatus.SUCCEEDED and done.attempts == 2
+    with pytest.raises(LeaseLost):
+        store.advance("job_x", 2, "write")
+    assert store.finish("job_x", 2, deliveries, status=JobStatus.SUCCEEDED) is None
     assert store.start_attempt("job_x", max_attempts=3)[0] == SKIP
     assert len(hooks.deliveries(hook.id)) == 1
     assert store.get("job_x").outputs == {"ply": "a"}
-    # A job whose runs all died is failed on its next delivery, the last error kept.
+    assert not redis.exists("t:lease:job_x")
+
+
+def test_exhausted_job_fails_with_its_webhook_in_the_same_commit(redis_server):
+    """A job whose runs all died is failed on its next delivery, the last error kept, and
+    its job.failed delivery is created by the same transaction."""
+    from mlsharp.service.distributed.job_store import EXHAUSTED
+    from mlsharp.service.distributed.webhooks import RedisWebhookService
+
+    store = _store(redis_server)
+    hooks = RedisWebhookService(redis_server.client(), "t", allow_private=True)
+    hook = hooks.create("http://127.0.0.1:9/hook", ["job.failed"])
     store.add(JobRecord(id="job_y", attempts=3, error={"code": "x", "message": "boom"}))
-    outcome, job = store.start_attempt("job_y", max_attempts=3)
+
+    def deliveries(pipe, final):
+        hooks.stage(pipe, "job.failed", {"id": final.id}, None, f"{final.id}:job.failed")
+
+    outcome, job = store.start_attempt("job_y", max_attempts=3, deliveries=deliveries)
     assert outcome == EXHAUSTED and job.status is JobStatus.FAILED
     assert job.error["code"] == "too_many_attempts" and "boom" in job.error["message"]
+    [delivery] = hooks.deliveries(hook.id)
+    assert delivery.event == "job.failed" and delivery.payload["data"] == {"id": "job_y"}
+
+
+def test_a_job_whose_send_fails_stays_stored_for_the_reconciler(redis_server):
+    import redis as redis_lib
+
+    def refuse(job):
+        raise redis_lib.exceptions.ConnectionError("Redis went away")
+
+    store = _store(redis_server, refuse)
+    job = store.add(JobRecord(id="job_s"))
+    assert store.get("job_s") == job
+    assert 0 < redis_server.client().pttl("t:sending:job_s") <= 30_000
+    assert store.settled(["job_s"]) == {"job_s"}
+
+
+def test_reconciler_resends_lost_messages_and_fails_dead_ones(redis_server):
+    """Jobs left without a queue message are sent again; one whose message was
+    dead-lettered is failed with its webhook; waiting or running ones are left alone."""
+    from dramatiq import Message
+
+    from mlsharp.config import Settings
+    from mlsharp.service.distributed.job_store import RedisJobStore
+    from mlsharp.service.distributed.queue import JobQueue
+    from mlsharp.service.distributed.reconcile import Reconciler, outcome_deliveries
+    from mlsharp.service.distributed.webhooks import RedisWebhookService
+
+    grace = 0.3
+    settings = Settings(queue=redis_server.url, queue_namespace="t", queue_grace_seconds=grace)
+    queue = JobQueue(settings, redis_server.client())
+    send = queue.enqueue
+    store = RedisJobStore(redis_server.client(), "t", on_queued=send, grace_seconds=grace)
+    hooks = RedisWebhookService(redis_server.client(), "t", allow_private=True)
+    hook = hooks.create("http://127.0.0.1:9/hook", ["job.failed"])
+    broker = queue.broker
+
+    # running, then its message acked although the job never finished: no lease either
+    store.add(JobRecord(id="job_acked"))
+    store.start_attempt("job_acked", max_attempts=3)
+    [raw] = broker.do_fetch("jobs", 1)
+    broker.do_ack("jobs", Message.decode(raw).options["redis_message_id"])
+    redis_server.client().delete("t:lease:job_acked")
+    # dead-lettered: the queue's retries ran out while the job stayed queued
+    store.add(JobRecord(id="job_dead"))
+    [raw] = broker.do_fetch("jobs", 1)
+    broker.do_nack("jobs", Message.decode(raw).options["redis_message_id"])
+    # stored, but the API died before sending its message
+    store.on_queued = None
+    store.add(JobRecord(id="job_lost"))
+    store.mark_sending("job_lost")
+    store.on_queued = send
+    # waiting in the queue, and running with a live lease (its message fetched)
+    store.add(JobRecord(id="job_waiting"))
+    store.add(JobRecord(id="job_running"))
+    store.start_attempt("job_running", max_attempts=3)
+
+    reconciler = Reconciler(store, queue, outcome_deliveries(hooks, ""), grace_seconds=grace)
+    # job_acked has no mark (its run started): sent at once; the others' are fresh.
+    assert reconciler.sweep() == {"resent": 1, "failed": 0}
+    assert reconciler.sweep() is None  # the lock: one sweep per interval in the cluster
+    deadline = time.monotonic() + 10
+    while store.settled(["job_dead", "job_lost"]):
+        assert time.monotonic() < deadline, "the sending marks did not expire"
+        time.sleep(0.05)
+    redis_server.client().delete("t:reconcile:lock")
+    assert reconciler.sweep() == {"resent": 1, "failed": 1}
+    states = queue.message_states(grace)
+    assert states["job_acked"] == states["job_lost"] == "live"
+    dead = store.get("job_dead")
+    assert dead.status is JobStatus.FAILED and dead.error["code"] == "queue_message_dead"
+    assert [d.event for d in hooks.deliveries(hook.id)] == ["job.failed"]
+    assert store.get("job_running").status is JobStatus.RUNNING
+    # A second sweep sends nothing more: the resent jobs are marked as sending.
+    redis_server.client().delete("t:reconcile:lock")
+    assert reconciler.sweep() == {"resent": 0, "failed": 0}
 
 
 def test_rate_limit_is_shared(redis_server):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.distributed.conftest import submit, wait_jobs
+from tests.distributed.conftest import jpeg_bytes, submit, wait_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +50,14 @@ def test_results_in_s3_streamed_and_presigned(cluster, moto_s3):
     presigned = httpx.get(location, timeout=30)
     assert presigned.status_code == 200
     assert presigned.content == streamed.content  # the cached copy of the same scene
+
+    # An API-only instance answers a repeat photo from the shared cache at submission,
+    # with the model id its workers announced in Redis.
+    files = {"file": ("p10-20.jpg", jpeg_bytes(color=(10, 20, 30)), "image/jpeg")}
+    third = httpx.post(f"{redirecting.url}/v1/jobs", files=files, timeout=30).json()
+    assert (third["status"], third["cached"]) == ("succeeded", True)
+    result = httpx.get(f"{streaming.url}/v1/jobs/{third['id']}/result?format=ply", timeout=30)
+    assert result.content == streamed.content
 
     assert httpx.delete(f"{streaming.url}/v1/jobs/{first}").status_code == 204
     assert _keys(moto_s3, f"t/jobs/{first}/") == []

@@ -1,8 +1,9 @@
 """``mlsharp worker``: run jobs from the Redis queue on one device (scale-out mode).
 
     settings ─► load the model once ─► wait for Redis (backoff) ─► consume, one job at a
-    time ─► SIGTERM/SIGINT: finish the job in hand (up to --drain-seconds), hand prefetched
-    messages back, exit 0
+    time ─► SIGTERM/SIGINT: finish the job in hand (up to --drain-seconds, then hand it
+    back to the queue: queued again, the attempt not counted), hand prefetched messages
+    back, exit 0
 
 Redis going away later is not fatal either: the queue consumer and the heartbeat retry
 with backoff and log once when the connection is lost and once when it is back.
@@ -61,6 +62,8 @@ def run_worker(args: argparse.Namespace) -> int:
         state.close()
         raise CheckpointError(state.model.error or "the model could not be loaded")
     if args.metrics_port:
+        # The cluster-wide job and cache gauges come from the API instances' /metrics.
+        state.metrics.drop_cluster_gauges()
         _serve_metrics(state, args.metrics_port)
     stop = threading.Event()
 
@@ -88,7 +91,8 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def _serve_metrics(state: Any, port: int) -> None:
-    """Expose the worker's registry (jobs, stage and run durations, retries) over HTTP."""
+    """Expose the worker's own figures (its runs, stage and run durations, retries,
+    device memory) over HTTP."""
     from prometheus_client import start_http_server
 
     try:

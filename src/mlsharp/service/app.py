@@ -19,6 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from mlsharp._version import __version__
 from mlsharp.config import Settings
+from mlsharp.errors import MlsharpError
 from mlsharp.service import web
 from mlsharp.service.api import batches, cache, jobs, predict, system, webhooks
 from mlsharp.service.http_errors import install_error_handlers
@@ -94,9 +95,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 async def _sweep_expired(state: ServiceState) -> None:
+    """Purge expired jobs every ``EXPIRY_SWEEP_SECONDS`` for the life of the app.
+
+    A failed sweep (a full disk, Redis or the object storage away) is logged and the
+    next one tries again: nothing but cancellation ends this loop.
+    """
     while True:
         try:
             await asyncio.to_thread(purge_expired, state)
-        except OSError as error:  # a full or read-only disk must not stop the service
+        except (OSError, MlsharpError) as error:
             log.warning("expiry sweep failed: %s", error)
+        except Exception:  # e.g. an S3 client error: retried at the next sweep
+            log.exception("expiry sweep failed")
         await asyncio.sleep(EXPIRY_SWEEP_SECONDS)

@@ -8,6 +8,8 @@ time from their owners through ``StateProbe`` callables.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -18,8 +20,10 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+log = logging.getLogger("mlsharp.service")
 
 # The *_created series double the output for no use here (a process-wide switch).
 disable_created_metrics()
@@ -32,44 +36,86 @@ _STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 6
 
 @dataclass
 class StateProbe:
-    """Callables returning the current values behind the state gauges."""
+    """Callables returning the current values behind the state gauges.
 
-    job_counts: Callable[[], dict[str, int]]
-    cache: Callable[[], dict[str, float]]
+    ``job_counts`` and ``cache`` describe the whole cluster in the scale-out mode (read
+    from Redis); ``None`` leaves those gauges out (``mlsharp worker``'s own endpoint).
+    """
+
+    job_counts: Callable[[], dict[str, int]] | None
+    cache: Callable[[], dict[str, float]] | None
     device_memory: Callable[[], dict[str, float]]
 
 
 class _StateCollector(Collector):
+    """The scrape-time gauges. A probe that fails (Redis away) leaves its gauges out of
+    this scrape and counts the failure; the rest of ``/metrics`` is still served."""
+
     def __init__(self, probe: StateProbe) -> None:
         self._probe = probe
+        self._lock = threading.Lock()
+        self._failures = {"jobs": 0, "cache": 0, "device_memory": 0}
+
+    def _read(self, name: str, probe: Callable[[], dict] | None) -> dict | None:
+        if probe is None:
+            return None
+        try:
+            return probe()
+        except Exception as error:  # never fail the whole scrape for one source
+            with self._lock:
+                self._failures[name] += 1
+            log.debug("metrics: the %s gauges are left out of this scrape (%s)", name, error)
+            return None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        counts = self._probe.job_counts()
-        yield GaugeMetricFamily(
-            "mlsharp_queue_depth", "Jobs waiting in the queue", value=counts.get("queued", 0)
+        counts = self._read("jobs", self._probe.job_counts)
+        if counts is not None:
+            yield from _job_gauges(counts)
+        cache = self._read("cache", self._probe.cache)
+        if cache is not None:
+            yield from _cache_gauges(cache)
+        memory = self._read("device_memory", self._probe.device_memory)
+        if memory is not None:
+            family = GaugeMetricFamily(
+                "mlsharp_device_memory_bytes", "Memory of the inference device", labels=["kind"]
+            )
+            for kind, value in sorted(memory.items()):
+                family.add_metric([kind], value)
+            yield family
+        failures = CounterMetricFamily(
+            "mlsharp_metrics_probe_failures",
+            "Scrapes that left out gauges because their source (jobs, cache, device_memory) "
+            "could not be read, e.g. Redis away",
+            labels=["probe"],
         )
-        yield GaugeMetricFamily(
-            "mlsharp_jobs_running", "Jobs being processed now", value=counts.get("running", 0)
-        )
-        jobs = GaugeMetricFamily("mlsharp_jobs", "Jobs on record by status", labels=["status"])
-        for status, n in sorted(counts.items()):
-            jobs.add_metric([status], n)
-        yield jobs
-        cache = self._probe.cache()
-        for name, help_text in (
-            ("entries", "Entries in the result cache"),
-            ("bytes", "Bytes on disk used by the result cache"),
-            ("max_bytes", "Disk budget of the result cache"),
-            ("hits", "Result cache hits since the cache was created or cleared"),
-            ("misses", "Result cache misses since the cache was created or cleared"),
-        ):
-            yield GaugeMetricFamily(f"mlsharp_cache_{name}", help_text, value=cache.get(name, 0))
-        memory = GaugeMetricFamily(
-            "mlsharp_device_memory_bytes", "Memory of the inference device", labels=["kind"]
-        )
-        for kind, value in sorted(self._probe.device_memory().items()):
-            memory.add_metric([kind], value)
-        yield memory
+        with self._lock:
+            for name, count in sorted(self._failures.items()):
+                failures.add_metric([name], count)
+        yield failures
+
+
+def _job_gauges(counts: dict[str, int]) -> Iterator[GaugeMetricFamily]:
+    yield GaugeMetricFamily(
+        "mlsharp_queue_depth", "Jobs waiting in the queue", value=counts.get("queued", 0)
+    )
+    yield GaugeMetricFamily(
+        "mlsharp_jobs_running", "Jobs being processed now", value=counts.get("running", 0)
+    )
+    jobs = GaugeMetricFamily("mlsharp_jobs", "Jobs on record by status", labels=["status"])
+    for status, n in sorted(counts.items()):
+        jobs.add_metric([status], n)
+    yield jobs
+
+
+def _cache_gauges(cache: dict[str, float]) -> Iterator[GaugeMetricFamily]:
+    for name, help_text in (
+        ("entries", "Entries in the result cache"),
+        ("bytes", "Bytes on disk used by the result cache"),
+        ("max_bytes", "Disk budget of the result cache"),
+        ("hits", "Result cache hits since the cache was created or cleared"),
+        ("misses", "Result cache misses since the cache was created or cleared"),
+    ):
+        yield GaugeMetricFamily(f"mlsharp_cache_{name}", help_text, value=cache.get(name, 0))
 
 
 class Metrics:
@@ -127,10 +173,23 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
+        self.probe: StateProbe | None = None
 
     def attach(self, probe: StateProbe) -> None:
         """Register the scrape-time gauges read from ``probe``."""
+        self.probe = probe
         self.registry.register(_StateCollector(probe))
+
+    def drop_cluster_gauges(self) -> None:
+        """Leave the job and cache gauges out (the process's own figures remain).
+
+        ``mlsharp worker`` calls it: in the scale-out mode those gauges are cluster-wide
+        figures read from Redis, exported by the API instances; summing them over every
+        scraped worker too would count the same queue many times.
+        """
+        if self.probe is not None:
+            self.probe.job_counts = None
+            self.probe.cache = None
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one HTTP request and its latency."""

@@ -17,6 +17,7 @@ import re
 import sqlite3
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 from mlsharp.errors import BadRequest, QueueFull
 from mlsharp.imaging import load_image
@@ -125,14 +126,13 @@ def submit(state: ServiceState, sub: Submission) -> tuple[JobRecord, bool]:
         request_hash=fingerprint,
         batch_id=sub.batch_id,
     )
-    model_id = state.model.model_id
-    if model_id is not None and state.cache.enabled:
-        key = cache_key(image.pixels, focal_px=image.focal_px, model_id=model_id)
-        job = replace(job, cache_key=key)
-        hit = state.cache.get(key, cache_formats(state.settings, sub.formats))
-        state.metrics.cache_lookups.labels("hit" if hit else "miss").inc()
-        if hit:
-            return _finish_from_cache(state, job, hit), False
+    if state.cache.enabled:
+        found = _cache_lookup(state, image, sub.formats)
+        if found is not None:
+            key, hit = found
+            job = replace(job, cache_key=key)
+            if hit:
+                return _finish_from_cache(state, job, hit), False
     _check_queue(state)
     state.storage.save_input(job.id, sub.data, job.input_suffix)
     try:
@@ -147,6 +147,34 @@ def submit(state: ServiceState, sub: Submission) -> tuple[JobRecord, bool]:
     if state.wake_workers is not None:
         state.wake_workers()
     return job, False
+
+
+def _cache_lookup(
+    state: ServiceState, image: Any, formats: tuple[str, ...]
+) -> tuple[str | None, dict | None] | None:
+    """``(key, hit files or None)``, or ``None`` when no model id is known to look with.
+
+    With its own model loaded the instance uses that model's id, and the key is kept on
+    the job (the worker reuses it). An API-only instance of the scale-out mode uses the
+    ids its workers announce in Redis: a hit under any of them is a result of a model
+    the cluster runs; on a miss the key stays unset, so the worker computes its own (a
+    worker with other weights must not file its result under another model's key).
+    """
+    own = state.model.model_id
+    announced = getattr(state.cache, "model_ids", None)
+    candidates = [own] if own is not None else (announced() if announced else [])
+    if not candidates:
+        return None
+    wanted = cache_formats(state.settings, formats)
+    key = None
+    hit = None
+    for model_id in candidates:
+        key = cache_key(image.pixels, focal_px=image.focal_px, model_id=model_id)
+        hit = state.cache.get(key, wanted)
+        if hit:
+            break
+    state.metrics.cache_lookups.labels("hit" if hit else "miss").inc()
+    return (key if hit or own is not None else None), hit
 
 
 def _replay(state: ServiceState, sub: Submission, fingerprint: str) -> JobRecord | None:

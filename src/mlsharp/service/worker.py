@@ -261,8 +261,10 @@ def purge_expired(state: ServiceState) -> int:
         return 0
     expired = state.store.expired(time.time() - ttl_hours * 3600)
     for job_id in expired:
-        state.store.delete(job_id)
+        # Files first: if their deletion fails, the record stays and the next sweep
+        # tries again (the other order would leave files nothing points to).
         state.storage.delete_job(job_id)
+        state.store.delete(job_id)
     if expired:
         log.info("removed %d expired job(s)", len(expired))
     return len(expired)

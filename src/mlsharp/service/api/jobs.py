@@ -11,8 +11,9 @@ from fastapi import APIRouter, File, Form, Header, Query, Request, Response, Upl
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 
-from mlsharp.errors import BadRequest, Conflict, NotFound, RequestError
+from mlsharp.errors import BadRequest, Conflict, NotFound, RequestError, ServiceUnavailable
 from mlsharp.service.deps import Owner, State, base_url
+from mlsharp.service.http_errors import error_response
 from mlsharp.service.jobs import JobRecord, JobStatus
 from mlsharp.service.schemas import ErrorBody, JobCreated, JobPage, JobPublic
 from mlsharp.service.state import ServiceState
@@ -152,7 +153,7 @@ async def job_events(job_id: str, request: Request, state: State, owner: Owner):
     Every event's ``data`` is the job as JSON; the stream ends after an ``event: end``
     carrying the final state. Comments (``: keep-alive``) keep idle connections open.
     """
-    find_job(state, job_id, owner)
+    await run_in_threadpool(find_job, state, job_id, owner)
     stream = _event_stream(job_id, request, state)
     return StreamingResponse(
         stream,
@@ -162,12 +163,22 @@ async def job_events(job_id: str, request: Request, state: State, owner: Owner):
 
 
 async def _event_stream(job_id: str, request: Request, state: ServiceState) -> AsyncIterator[str]:
+    """The event stream of one job; store reads run in a thread (Redis is blocking I/O).
+
+    If the job store becomes unreachable mid-stream, the stream ends cleanly with an
+    ``error`` event in the error schema (clients reconnect later) instead of aborting.
+    """
     base = base_url(state)
     last_version = -1
     last_sent = time.monotonic()
     yield "retry: 2000\n\n"
     while True:
-        job = state.store.get(job_id)
+        try:
+            job = await run_in_threadpool(state.store.get, job_id)
+        except ServiceUnavailable as error:  # the error schema, as a 503 would carry it
+            body = error_response(request.url.path, 503, error.code, str(error)).body
+            yield f"event: error\ndata: {bytes(body).decode()}\n\n"
+            return
         if job is None:
             yield 'event: end\ndata: {"deleted": true}\n\n'
             return
@@ -206,8 +217,8 @@ def delete_job(job_id: str, state: State, owner: Owner) -> Response:
         job = state.store.update(job_id, cancel_requested=True)
         state.notifier.notify()
         return _json(job_view(job, base_url(state)), 202)
+    state.storage.delete_job(job_id)  # files first: a failure leaves the record to retry
     state.store.delete(job_id)
-    state.storage.delete_job(job_id)
     state.notifier.notify()
     return Response(status_code=204)
 
@@ -293,7 +304,7 @@ async def wait_for_job(state: ServiceState, job_id: str, timeout: float) -> JobR
     """Wait until the job is finished (or ``timeout``); the last record seen."""
     deadline = time.monotonic() + timeout
     while True:
-        job = state.store.get(job_id)
+        job = await run_in_threadpool(state.store.get, job_id)  # blocking I/O off the loop
         if job is None or job.terminal:
             return job
         remaining = deadline - time.monotonic()

@@ -11,6 +11,7 @@ extra. See docs/deployment.md.
     job_store.py    RedisJobStore: records, indexes, fenced attempts (lease tokens)
     queue.py        JobQueue: the Dramatiq broker and the job actor
     runner.py       QueueRunner: consumes the queue in a worker (or `serve --workers N`)
+    reconcile.py    Reconciler: re-sends lost queue messages, fails dead-lettered jobs
     webhooks.py     RedisWebhookService: shared registry, exactly-one dispatch
     cache.py        RedisResultCache: Redis index, files in the shared storage
     limiter.py      RedisTokenBucket: one bucket per client across API instances

@@ -3,12 +3,17 @@
 The scale-out cache and :class:`~mlsharp.service.distributed.s3.S3Storage` keep their
 files through this small interface. ``local_path`` always answers with a file on this
 machine: the file itself for a directory, a downloaded copy in a staging folder for S3
-(the network, the writers and the cache work on real files).
+(the network, the writers and the cache work on real files). The staging folder of the
+S3 cache is bounded (``local_budget``): the least recently used copies older than a
+minute are deleted when it grows past it, whichever process evicted the entry.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,6 +22,9 @@ from mlsharp.config import Settings
 from mlsharp.errors import ServiceUnavailable
 from mlsharp.service.cache import link_or_copy
 from mlsharp.service.distributed.redis_conn import require
+
+#: Local copies younger than this are never pruned: a caller may be linking them now.
+_MIN_COPY_AGE_S = 60.0
 
 
 class Blobs(Protocol):
@@ -56,9 +64,10 @@ class LocalBlobs:
 
 
 class S3Blobs:
-    """Blobs as objects ``<s3_prefix><name>`` in a bucket; local copies under ``staging``."""
+    """Blobs as objects ``<s3_prefix><name>`` in a bucket; local copies under ``staging``,
+    at most ``local_budget`` bytes of them (``None``: the owner deletes them itself)."""
 
-    def __init__(self, settings: Settings, staging: Path) -> None:
+    def __init__(self, settings: Settings, staging: Path, local_budget: int | None = None) -> None:
         boto3 = require("boto3")
         from botocore.config import Config
 
@@ -70,6 +79,7 @@ class S3Blobs:
         self.prefix = settings.s3_prefix
         self.staging = Path(staging)
         self.staging.mkdir(parents=True, exist_ok=True)
+        self.local_budget = local_budget
         self.client = boto3.client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
@@ -105,6 +115,8 @@ class S3Blobs:
         """A local copy (downloaded once into the staging folder), or ``None`` if absent."""
         path = self.staging / _check(name)
         if path.is_file():
+            with contextlib.suppress(OSError):  # most recently used: pruned last
+                os.utime(path)
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_path_for(path)
@@ -119,7 +131,30 @@ class S3Blobs:
             tmp.unlink(missing_ok=True)
             raise self._unavailable(error) from error
         tmp.replace(path)
+        self._prune(keep=path)
         return path
+
+    def _prune(self, keep: Path) -> None:
+        """Delete the least recently used local copies past ``local_budget`` bytes."""
+        if self.local_budget is None:
+            return
+        copies = []
+        for path in self.staging.rglob("*"):
+            with contextlib.suppress(OSError):
+                if path.is_file():
+                    stat = path.stat()
+                    copies.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in copies)
+        now = time.time()
+        for mtime, size, path in sorted(copies):
+            if total <= self.local_budget:
+                break
+            if path == keep or now - mtime < _MIN_COPY_AGE_S:
+                continue
+            path.unlink(missing_ok=True)
+            total -= size
+            with contextlib.suppress(OSError):  # the entry's folder, once empty
+                path.parent.rmdir()
 
     def open(self, name: str) -> dict[str, Any] | None:
         """``GetObject``'s answer (``Body`` streams), or ``None`` if absent."""
@@ -156,3 +191,6 @@ class S3Blobs:
                     self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
         except self.errors as error:
             raise self._unavailable(error) from error
+        except self.client.exceptions.ClientError as error:  # refused: retried later
+            code = error.response.get("Error", {}).get("Code", "error")
+            raise ServiceUnavailable(f"object storage refused the deletion ({code})") from error

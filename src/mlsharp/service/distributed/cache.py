@@ -8,11 +8,16 @@ returned as local paths to link or copy promptly), with the index in Redis::
     ns:cache:lru           sorted set key -> last use (ms)
     ns:cache:bytes         total size of the entries
     ns:cache:hits/misses   lookup counters
+    ns:cache:models        model ids workers run now (sorted by when that stops being true)
 
 and the files in the shared :mod:`~mlsharp.service.distributed.blobs` (the data directory
-or the S3 bucket) as ``<key>/result.<format>``. Eviction removes an entry from the index
-with one script (only the caller whose script removed it deletes the files), so two
-instances evicting at once never double-count.
+or the S3 bucket) as ``<key>/result.<format>``. Cache keys include the model id
+(checkpoint digest, preset, runtime options), which only a loaded model knows: workers
+announce theirs (:meth:`RedisResultCache.announce_model`) so API-only instances can look
+a photo up at submission (:meth:`RedisResultCache.model_ids`).
+
+Eviction removes an entry from the index with one script (only the caller whose script
+removed it deletes the files), so two instances evicting at once never double-count.
 """
 
 from __future__ import annotations
@@ -55,6 +60,23 @@ class RedisResultCache:
 
     def _entry(self, key: str) -> str:
         return f"{self.ns}:entry:{key}"
+
+    def announce_model(self, model_id: str, ttl: float) -> None:
+        """Say that a worker runs ``model_id``, for the next ``ttl`` seconds."""
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(f"{self.ns}:models", {model_id: now + ttl})
+        pipe.zremrangebyscore(f"{self.ns}:models", "-inf", now)
+        pipe.execute()
+
+    def model_ids(self) -> list[str]:
+        """The model ids workers announced and still run, newest first ([] without
+        Redis: the submission then skips the cache, the worker looks instead)."""
+        try:
+            found = self.client.zrevrangebyscore(f"{self.ns}:models", "+inf", time.time())
+        except connection_errors():
+            return []
+        return [m.decode() for m in found]
 
     def get(self, key: str, formats: Sequence[str]) -> dict[str, Path] | None:
         """``{format: local path}`` of an entry holding every format, else ``None``.

@@ -9,34 +9,50 @@ Keys (``ns`` is ``Settings.queue_namespace``)::
     ns:jobs:finished          finished job ids by finish time (expiry)
     ns:idem:<owner>:<key>     job id created with that Idempotency-Key
     ns:batch:<id>             a batch record as JSON
+    ns:lease:<id>             exists while a run of the job is alive (TTL, see below)
+    ns:sending:<id>           exists while a queue message for the job is on its way (TTL)
 
 Every change is an optimistic transaction (``WATCH`` the record, ``MULTI``/``EXEC`` the
 new record and its index entries), so the indexes never disagree with the records.
 
 **Attempts and fencing.** The queue delivers a job at least once; a delivery becomes a
 run only through :meth:`RedisJobStore.start_attempt`, which increments ``attempts`` and
-hands the runner that number as its *lease token*. Stage updates and the final transition
-succeed only while the record is still ``running`` with the same ``attempts``: when a
-job is redelivered because its first worker looked dead, the newer run fences the older
-one out, and a late duplicate can neither overwrite a finished job nor publish a second
-webhook (the final transition and the webhook deliveries commit in one ``EXEC``).
+hands the runner that number as its *lease token*. A run proves it is alive with the
+``lease`` key, which its worker's heartbeat thread keeps setting with a TTL of
+``queue_heartbeat_seconds`` (Redis expires it: Redis's clock, not the machines'). A
+delivery of a job whose lease is alive is a duplicate and is skipped (the queue's
+requeue after a Redis outage or between machines with skewed clocks); only a job whose
+lease is gone is taken over by a new run. Stage updates and retry transitions succeed
+only for the newest run; the final *success* of an older run that is still alive is
+accepted while no newer run has produced a result (first result wins), so a run that
+outlived a Redis outage keeps its work. The final transition and the webhook
+deliveries commit in one ``EXEC``, so a job ends once and publishes each event once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
-from mlsharp.errors import ServiceUnavailable
 from mlsharp.service.distributed.redis_conn import guarded
 from mlsharp.service.jobs import STAGES, BatchRecord, JobRecord, JobStatus
 
+log = logging.getLogger("mlsharp.distributed")
+
 #: What the queue does with a delivery, decided by :meth:`RedisJobStore.start_attempt`.
 RUN, SKIP, EXHAUSTED = "run", "skip", "exhausted"
+#: ... the job runs on a worker whose lease is alive (a duplicate delivery): ack it.
+BUSY = "busy"
+#: ... the job is ``running`` but no run holds its lease: take over after a pause.
+ORPHAN = "orphan"
+
+#: ``extra(pipe, new_record)``: more commands committed with a transition (webhooks).
+Extra = Callable[[Any, JobRecord], None]
 
 
 class DuplicateJob(sqlite3.IntegrityError):
@@ -68,16 +84,29 @@ class RedisJobStore:
     """The scale-out :class:`~mlsharp.service.jobs.JobStore` (see the module docstring).
 
     ``on_queued(job)`` is called after a queued job is stored: it puts the job on the
-    task queue (in the embedded mode the store *is* the queue; here it feeds it). If that
-    fails the record is removed again and the submission gets a 503.
+    task queue (in the embedded mode the store *is* the queue; here it feeds it). The
+    record and its ``sending`` mark commit first; if the send then fails (Redis gone, the
+    process killed), the job stays stored and the reconciler
+    (:mod:`~mlsharp.service.distributed.reconcile`) sends it once the mark has expired.
+
+    ``lease_seconds`` is how long a run's lease lives without a refresh (the heartbeat
+    timeout); ``grace_seconds`` how long a sent message may take to show up in the queue.
     """
 
     def __init__(
-        self, client: Any, namespace: str, on_queued: Callable[[JobRecord], None] | None = None
+        self,
+        client: Any,
+        namespace: str,
+        on_queued: Callable[[JobRecord], None] | None = None,
+        *,
+        lease_seconds: float = 30.0,
+        grace_seconds: float = 30.0,
     ) -> None:
         self.client = client
         self.ns = namespace
         self.on_queued = on_queued
+        self.lease_ms = max(1, int(lease_seconds * 1000))
+        self.grace_ms = max(1, int(grace_seconds * 1000))
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -92,6 +121,14 @@ class RedisJobStore:
 
     def _idem(self, owner: str | None, key: str) -> str:
         return f"{self.ns}:idem:{owner or ''}:{key}"
+
+    def lease_key(self, job_id: str) -> str:
+        """The key that exists while a run of ``job_id`` is alive."""
+        return f"{self.ns}:lease:{job_id}"
+
+    def sending_key(self, job_id: str) -> str:
+        """The key that exists while a queue message of ``job_id`` is on its way."""
+        return f"{self.ns}:sending:{job_id}"
 
     # -- writes --------------------------------------------------------------------------
 
@@ -114,6 +151,7 @@ class RedisJobStore:
     def add(self, job: JobRecord) -> JobRecord:
         """Persist a new job (and queue it); :class:`DuplicateJob` if its key is taken."""
         idem = self._idem(job.owner, job.idempotency_key) if job.idempotency_key else None
+        queued = job.status is JobStatus.QUEUED and self.on_queued is not None
 
         def tx(pipe: Any) -> None:
             if idem is not None and pipe.exists(idem):
@@ -121,31 +159,38 @@ class RedisJobStore:
             pipe.multi()
             pipe.set(self._job(job.id), encode(job))
             self._index(pipe, None, job)
+            if queued:
+                pipe.set(self.sending_key(job.id), "1", px=self.grace_ms)
 
         self.client.transaction(tx, *([idem] if idem else []))
-        if job.status is JobStatus.QUEUED and self.on_queued is not None:
+        if queued:
+            assert self.on_queued is not None
             try:
                 self.on_queued(job)
-            except Exception as error:  # the queue refused it: do not keep an orphan record
-                self.delete(job.id)
-                if isinstance(error, ServiceUnavailable):
-                    raise
-                raise ServiceUnavailable(
-                    f"the job could not be queued ({type(error).__name__}); retry later"
-                ) from error
+            except Exception as error:  # stored: the reconciler sends it after the grace
+                log.warning(
+                    "job %s stored but not queued yet (%s: %s); the reconciler will send it",
+                    job.id,
+                    type(error).__name__,
+                    error,
+                )
         return job
 
     def _transact(
         self,
         job_id: str,
         change: Callable[[JobRecord], JobRecord | None],
-        extra: Callable[[Any, JobRecord], None] | None = None,
+        extra: Extra | None = None,
+        *,
+        watch: Sequence[str] = (),
+        before: Callable[[Any], None] | None = None,
     ) -> tuple[JobRecord, bool]:
         """Apply ``change`` atomically; ``(record, changed)``. KeyError if the job is gone.
 
         ``change`` returns the new record (version and ``updated_at`` are bumped here) or
         ``None`` for "leave it"; ``extra(pipe, new)`` may queue more commands in the same
-        MULTI (webhook deliveries).
+        MULTI (webhook deliveries). ``watch`` adds keys whose change aborts and reruns the
+        transaction; ``before(pipe)`` reads them (immediate mode) before ``change`` runs.
         """
         key = self._job(job_id)
         outcome: list[Any] = []
@@ -155,6 +200,8 @@ class RedisJobStore:
             raw = pipe.get(key)
             if raw is None:
                 raise KeyError(job_id)
+            if before is not None:
+                before(pipe)
             current = decode(raw)
             new = change(current)
             if new is None:
@@ -168,7 +215,7 @@ class RedisJobStore:
                 extra(pipe, new)
             outcome.extend([new, True])
 
-        self.client.transaction(tx, key)
+        self.client.transaction(tx, key, *watch)
         return outcome[0], outcome[1]
 
     @guarded
@@ -184,7 +231,7 @@ class RedisJobStore:
             return
         job = decode(raw)
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self._job(job_id))
+        pipe.delete(self._job(job_id), self.lease_key(job_id), self.sending_key(job_id))
         pipe.zrem(f"{self.ns}:jobs", job_id)
         pipe.zrem(f"{self.ns}:jobs:finished", job_id)
         for status in JobStatus:
@@ -305,20 +352,40 @@ class RedisJobStore:
 
     # -- attempts (workers) --------------------------------------------------------------
 
-    def start_attempt(self, job_id: str, max_attempts: int) -> tuple[str, JobRecord | None]:
-        """Turn one queue delivery into a run; ``(RUN | SKIP | EXHAUSTED, record)``.
+    def start_attempt(
+        self,
+        job_id: str,
+        max_attempts: int,
+        *,
+        take_over: bool = False,
+        deliveries: Extra | None = None,
+    ) -> tuple[str, JobRecord | None]:
+        """Turn one queue delivery into a run; ``(outcome, record)``.
 
         * SKIP: the job is gone or finished (a duplicate or late delivery) - ack it.
+        * BUSY: a live run holds the job's lease (the queue requeued a message whose
+          worker only looked dead) - ack it; the attempt is not counted.
+        * ORPHAN: the job is ``running`` but its lease is gone. Call again after a pause
+          (a run that outlived a Redis outage renews its lease within one heartbeat);
+          ``take_over=True`` then starts a new run if the lease is still gone.
         * EXHAUSTED: it already ran ``max_attempts`` times (e.g. every run killed its
-          worker); it is now failed with the last error kept - publish that.
-        * RUN: ``record.attempts`` is this run's lease token.
+          worker); it is now failed with the last error kept, committed together with
+          ``deliveries`` (its webhook events).
+        * RUN: ``record.attempts`` is this run's lease token; the lease is set.
 
         Redis errors propagate (the worker retries the delivery).
         """
         now = time.time()
+        lease = self.lease_key(job_id)
+        alive: list[bool] = []
+
+        def read_lease(pipe: Any) -> None:
+            alive[:] = [bool(pipe.exists(lease))]
 
         def change(job: JobRecord) -> JobRecord | None:
             if job.terminal:
+                return None
+            if job.status is JobStatus.RUNNING and (alive[0] or not take_over):
                 return None
             if job.cancel_requested:
                 return replace(job, status=JobStatus.CANCELED, stage="canceled", finished_at=now)
@@ -340,22 +407,49 @@ class RedisJobStore:
                 attempts=job.attempts + 1,
             )
 
+        def extra(pipe: Any, new: JobRecord) -> None:
+            pipe.delete(self.sending_key(job_id))
+            if new.status is JobStatus.RUNNING:
+                pipe.set(lease, str(new.attempts), px=self.lease_ms)
+                return
+            pipe.delete(lease)
+            if deliveries is not None:
+                deliveries(pipe, new)
+
         try:
-            job, changed = self._transact(job_id, change)
+            job, changed = self._transact(job_id, change, extra, watch=[lease], before=read_lease)
         except KeyError:
             return SKIP, None
         if not changed:
+            if job.status is JobStatus.RUNNING:
+                return (BUSY if alive[0] else ORPHAN), job
             return SKIP, job
         if job.status is JobStatus.RUNNING:
             return RUN, job
         return EXHAUSTED, job
 
-    def advance(self, job_id: str, token: int, stage: str) -> JobRecord:
-        """Record that ``stage`` started; :class:`LeaseLost` if this run was fenced out."""
+    def renew_leases(self, tokens: dict[str, int]) -> None:
+        """Keep the leases of the runs in hand (``{job id: token}``) alive for one more
+        ``lease_seconds``; called by the worker's heartbeat thread."""
+        if not tokens:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for job_id, token in tokens.items():
+            pipe.set(self.lease_key(job_id), str(token), px=self.lease_ms)
+        pipe.execute()
 
-        def change(job: JobRecord) -> JobRecord:
-            if job.status is not JobStatus.RUNNING or job.attempts != token:
+    def advance(self, job_id: str, token: int, stage: str) -> JobRecord:
+        """Record that ``stage`` started; :class:`LeaseLost` if the job no longer runs.
+
+        An older run still alive after a newer one took over keeps going without writing
+        its stages (the newer run reports progress); the first result wins.
+        """
+
+        def change(job: JobRecord) -> JobRecord | None:
+            if job.status is not JobStatus.RUNNING or job.attempts < token:
                 raise LeaseLost(job_id)
+            if job.attempts != token:
+                return None
             return replace(job, stage=stage, progress=STAGES[stage])
 
         try:
@@ -367,21 +461,123 @@ class RedisJobStore:
         self,
         job_id: str,
         token: int,
-        extra: Callable[[Any, JobRecord], None] | None = None,
+        extra: Extra | None = None,
         **changes: Any,
     ) -> JobRecord | None:
-        """The fenced final (or retry) transition; ``None`` if this run lost its lease.
+        """The fenced final transition; ``None`` if this run may not make it.
 
+        The newest run may make any transition. An older run that is still alive (it
+        outlived a Redis outage, or its worker's clock was off) may record a *success*
+        while the job still runs: no newer run has a result yet, and its work is as good.
         ``extra(pipe, new)`` queues commands committed together with it (webhooks).
+        """
+        succeeded = changes.get("status") is JobStatus.SUCCEEDED
+
+        def change(job: JobRecord) -> JobRecord | None:
+            if job.status is not JobStatus.RUNNING or job.attempts < token:
+                return None
+            if job.attempts != token and not succeeded:
+                return None
+            return replace(job, **changes)
+
+        def staged(pipe: Any, new: JobRecord) -> None:
+            pipe.delete(self.lease_key(job_id))
+            if extra is not None:
+                extra(pipe, new)
+
+        try:
+            job, changed = self._transact(job_id, change, staged)
+        except KeyError:
+            return None
+        return job if changed else None
+
+    def requeue(
+        self,
+        job_id: str,
+        token: int,
+        *,
+        delay_seconds: float = 0.0,
+        uncount: bool = False,
+        error: dict[str, str] | None = None,
+    ) -> JobRecord | None:
+        """Put the newest run's job back to ``queued`` before its message is sent again.
+
+        The ``sending`` mark (``delay_seconds`` plus the grace) commits with it, so if
+        the send fails the reconciler sends the job later. ``uncount`` gives the attempt
+        back (a worker handing its job back on shutdown did not fail it). ``None`` if this
+        run is not the newest (nothing changes).
         """
 
         def change(job: JobRecord) -> JobRecord | None:
             if job.status is not JobStatus.RUNNING or job.attempts != token:
                 return None
+            changes: dict[str, Any] = {"status": JobStatus.QUEUED, "stage": "queued"}
+            changes["progress"] = 0.0
+            if uncount:
+                changes["attempts"] = job.attempts - 1
+            if error is not None:
+                changes["error"] = error
             return replace(job, **changes)
 
+        def staged(pipe: Any, _new: JobRecord) -> None:
+            pipe.delete(self.lease_key(job_id))
+            ms = int(delay_seconds * 1000) + self.grace_ms
+            pipe.set(self.sending_key(job_id), "1", px=ms)
+
         try:
-            job, changed = self._transact(job_id, change, extra)
+            job, changed = self._transact(job_id, change, staged)
+        except KeyError:
+            return None
+        return job if changed else None
+
+    def mark_sending(self, job_id: str, delay_seconds: float = 0.0) -> None:
+        """Note that a message of ``job_id`` is being sent (the reconciler waits)."""
+        ms = int(delay_seconds * 1000) + self.grace_ms
+        self.client.set(self.sending_key(job_id), "1", px=ms)
+
+    def unfinished(self) -> list[JobRecord]:
+        """Every queued or running job (what the reconciler checks)."""
+        ids: list[str] = []
+        for status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            ids += [i.decode() for i in self.client.zrange(self._status(status), 0, -1)]
+        return [job for job in self.jobs_of_batch(ids) if not job.terminal]
+
+    def settled(self, job_ids: Sequence[str]) -> set[str]:
+        """The ids among ``job_ids`` that have a live lease or a message on its way."""
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.exists(self.lease_key(job_id), self.sending_key(job_id))
+        return {j for j, n in zip(job_ids, pipe.execute(), strict=True) if n}
+
+    def fail_unfinished(
+        self, job_id: str, error: dict[str, str], deliveries: Extra | None = None
+    ) -> JobRecord | None:
+        """Fail a queued or running job that no run holds (its queue message died),
+        with its webhook deliveries in the same commit; ``None`` if it moved meanwhile."""
+        lease = self.lease_key(job_id)
+        alive: list[bool] = []
+
+        def read_lease(pipe: Any) -> None:
+            alive[:] = [bool(pipe.exists(lease))]
+
+        def change(job: JobRecord) -> JobRecord | None:
+            if job.terminal or alive[0]:
+                return None
+            return replace(
+                job,
+                status=JobStatus.FAILED,
+                stage="failed",
+                finished_at=time.time(),
+                error=error,
+            )
+
+        def staged(pipe: Any, new: JobRecord) -> None:
+            pipe.delete(self.sending_key(job_id))
+            if deliveries is not None:
+                deliveries(pipe, new)
+
+        try:
+            job, changed = self._transact(job_id, change, staged, watch=[lease], before=read_lease)
         except KeyError:
             return None
         return job if changed else None

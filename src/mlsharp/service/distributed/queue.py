@@ -10,12 +10,22 @@ and nothing forks after torch ran (Celery's prefork pool and RQ's forking worker
 The message carries only the job id; the job store holds the truth. Every worker sends
 a heartbeat (and runs the broker's requeue maintenance) every ``heartbeat/5`` seconds from
 its own thread, also while a long job runs, so only dead workers lose their messages.
+Dramatiq stamps heartbeats and delays with each machine's own clock: a worker whose
+clock runs ahead by more than the heartbeat timeout, or the first worker back after a
+Redis outage longer than it, requeues the messages of workers that are alive. Those
+duplicates are harmless: the job store skips a delivery whose job has a live run lease
+(``job_store.BUSY``).
+
+A message can also be lost (a send while Redis is down, a process killed between
+storing a job and sending it) or dead-lettered; :meth:`JobQueue.message_states` lets the
+reconciler (``reconcile.py``) find the jobs that have no message any more.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -74,9 +84,39 @@ class JobQueue:
             raise RuntimeError("this process does not run jobs")
         self._handler(job_id)
 
-    def enqueue(self, job: JobRecord) -> None:
-        """Put a stored, queued job on the queue."""
-        self.actor.send(job.id)
+    def enqueue(self, job: JobRecord, delay_seconds: float = 0.0) -> None:
+        """Put a stored, queued job on the queue (after ``delay_seconds``)."""
+        if delay_seconds > 0:
+            self.actor.send_with_options(args=(job.id,), delay=int(delay_seconds * 1000))
+        else:
+            self.actor.send(job.id)
+
+    def message_states(self, grace_seconds: float) -> dict[str, str]:
+        """``{job id: "live" | "dead"}`` for every job with a message in the broker.
+
+        *live*: waiting in the queue, fetched by a worker and not acknowledged yet (a dead
+        worker's are requeued by the broker's maintenance), or delayed with its due time
+        less than ``grace_seconds`` ago (an overdue one sits in a worker's memory that
+        will not release it). *dead*: dead-lettered (the queue's retries ran out).
+
+        Reads the Redis broker's hashes of message bodies (``<ns>:<queue>.msgs``,
+        ``.DQ.msgs``, ``.XQ.msgs``, Dramatiq 2's layout; tests/distributed checks it).
+        """
+        from dramatiq import Message
+
+        ns = self.broker.namespace
+        client = self.broker.client
+        now_ms = time.time() * 1000
+        states: dict[str, str] = {}
+        for raw in client.hvals(f"{ns}:{QUEUE_NAME}.XQ.msgs"):
+            states[Message.decode(raw).args[0]] = "dead"
+        for raw in client.hvals(f"{ns}:{QUEUE_NAME}.DQ.msgs"):
+            message = Message.decode(raw)
+            if message.options.get("eta", 0) + grace_seconds * 1000 > now_ms:
+                states[message.args[0]] = "live"
+        for raw in client.hvals(f"{ns}:{QUEUE_NAME}.msgs"):
+            states[Message.decode(raw).args[0]] = "live"
+        return states
 
     def depth(self) -> int:
         """Messages waiting in the queue (not counting delayed retries)."""
@@ -104,14 +144,18 @@ class JobQueue:
 
 
 class Heartbeat:
-    """A thread calling :meth:`JobQueue.heartbeat` every ``interval`` seconds.
+    """A thread calling :meth:`JobQueue.heartbeat` every ``interval`` seconds, and
+    ``on_beat()`` first (the runner renews its run leases there).
 
     Logs once when Redis goes away and once when it is back (not every beat).
     """
 
-    def __init__(self, queue: JobQueue, interval: float) -> None:
+    def __init__(
+        self, queue: JobQueue, interval: float, on_beat: Callable[[], None] | None = None
+    ) -> None:
         self.queue = queue
         self.interval = interval
+        self.on_beat = on_beat
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mlsharp-heartbeat", daemon=True)
         self.healthy = True
@@ -130,11 +174,17 @@ class Heartbeat:
         errors = connection_errors()
         while not self._stop.is_set():
             try:
+                # Leases first: after an outage they must be back before another worker,
+                # told by the broker that this one is dead, decides to take its job over.
+                if self.on_beat is not None:
+                    self.on_beat()
                 self.queue.heartbeat()
             except errors as error:
                 if self.healthy:
                     log.warning("lost the connection to redis (%s); retrying", error)
                 self.healthy = False
+            except Exception:  # a bug must not stop the heartbeat (the jobs would move)
+                log.exception("heartbeat error; continuing")
             else:
                 if not self.healthy:
                     log.info("connection to redis restored")

@@ -37,7 +37,9 @@ def build_distributed(state_cls: Any, settings: Settings, metrics: Metrics) -> A
         from mlsharp.service.distributed.s3 import S3Storage
 
         storage: Any = S3Storage(settings, data_dir / "s3-staging" / "files")
-        blobs: Any = S3Blobs(settings, data_dir / "s3-staging" / "cache")
+        blobs: Any = S3Blobs(
+            settings, data_dir / "s3-staging" / "cache", local_budget=settings.cache_max_bytes
+        )
         blobs.prefix = f"{settings.s3_prefix}cache/"
     else:
         storage = LocalStorage(data_dir)
@@ -45,7 +47,13 @@ def build_distributed(state_cls: Any, settings: Settings, metrics: Metrics) -> A
     rate = settings.rate()
     state = state_cls(
         settings=settings,
-        store=RedisJobStore(client, ns, on_queued=queue.enqueue),
+        store=RedisJobStore(
+            client,
+            ns,
+            on_queued=queue.enqueue,
+            lease_seconds=settings.queue_heartbeat_seconds,
+            grace_seconds=settings.queue_grace_seconds,
+        ),
         storage=storage,
         cache=RedisResultCache(
             client, ns, blobs, max_bytes=settings.cache_max_bytes, enabled=settings.cache_enabled

@@ -121,7 +121,10 @@ async def create_batch(
     wanted = parse_formats(formats, state.settings.default_formats)
     items = [(await f.read(), clean_filename(f.filename)) for f in files]
     if len(items) == 1 and items[0][0].startswith(_ZIP_MAGIC):
-        items = [(data, name) for name, data in _expand_zip(items[0][0], state)]
+        # Unpacking (and the store calls below) block: off the event loop, so one large
+        # zip or a slow job store (Redis) does not stall every other request.
+        expanded = await run_in_threadpool(_expand_zip, items[0][0], state)
+        items = [(data, name) for name, data in expanded]
     if not items:
         raise BadRequest("the batch holds no images", status=422, code="empty_batch")
     if len(items) > state.settings.max_batch_files:
@@ -156,10 +159,9 @@ async def create_batch(
         # and Retry-After), so a full queue is a 503 and an oversized photo a 413.
         assert first_error is not None
         raise first_error
-    batch = state.store.add_batch(
-        BatchRecord(id=batch_id, job_ids=tuple(j.id for j in jobs), owner=owner)
-    )
-    view = batch_view(state, batch)
+    record = BatchRecord(id=batch_id, job_ids=tuple(j.id for j in jobs), owner=owner)
+    batch = await run_in_threadpool(state.store.add_batch, record)
+    view = await run_in_threadpool(batch_view, state, batch)
     return BatchCreated(**view.model_dump(), rejected=rejected)
 
 

@@ -57,6 +57,9 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="use the GPU, not SwiftShader")
     parser.add_argument("--formats", default="ply,spz", help="comma-separated scene formats")
     parser.add_argument("--qualities", default="full,light", help="comma-separated qualities")
+    parser.add_argument(
+        "--light-budget", type=int, default=0, help="splats drawn in light quality (page default)"
+    )
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -71,8 +74,8 @@ def main() -> None:
             files[fmt] = path
         url, server = serve_page(folder / "data")
         print(f"{len(scene):,} splats, viewport {args.width}x{args.height}")
-        print("| format | size | quality | first frame | frames/s while turning |")
-        print("|---|---|---|---|---|")
+        print("| format | size | quality | splats drawn | first frame | frames/s while turning |")
+        print("|---|---|---|---|---|---|")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=str(CHROMIUM),
@@ -91,15 +94,21 @@ def main() -> None:
                         lambda u: urlsplit(u).path.startswith("/e2e-scenes/"),
                         fulfil_with(path.read_bytes()),
                     )
-                    page.goto(f"{url}/?scene=/e2e-scenes/{path.name}&format={fmt}")
+                    budget = f"&light-budget={args.light_budget}" if args.light_budget else ""
+                    page.goto(f"{url}/?scene=/e2e-scenes/{path.name}&format={fmt}{budget}")
                     page.on("pageerror", lambda error: print("page error:", error))
                     page.wait_for_selector("#viewer[data-ready='true'], #error:not([hidden])")
                     if page.is_visible("#error"):
                         raise SystemExit(f"the page failed: {page.inner_text('#error')}")
                     first = float(page.get_attribute("#viewer", "data-first-frame-ms"))
+                    # Time frames only once sorting (and the LoD subset) has settled.
+                    page.wait_for_function("() => window.mlsharp.viewer.stats.settled")
+                    drawn = page.evaluate("window.mlsharp.viewer.stats.drawn")
                     fps = page.evaluate("n => window.mlsharp.viewer.benchmark(n)", args.frames)
                     size = path.stat().st_size / 1e6
-                    row = f"| {fmt} | {size:.1f} MB | {quality} | {first / 1000:.1f} s |"
+                    row = (
+                        f"| {fmt} | {size:.1f} MB | {quality} | {drawn:,} | {first / 1000:.1f} s |"
+                    )
                     print(f"{row} {fps:.3g} |", flush=True)
                     context.close()
             browser.close()

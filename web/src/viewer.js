@@ -8,7 +8,8 @@
 // and "up" in the scene is +y.
 //
 // Rendering is on demand: a frame is drawn when the camera moved, the canvas was resized,
-// or Spark reports new sort/LoD results (onDirty). An idle page costs no GPU time.
+// Spark reports new sort/LoD results (onDirty) or is still sorting. An idle page costs no
+// GPU time.
 //
 // Keyboard (while the canvas has focus): orbit mode turns with the arrow keys, moves with
 // Shift+arrows, zooms with + / -; fly mode moves with W A S D (Q E or Page Down / Page Up
@@ -28,6 +29,8 @@ const KEY_TURN = Math.PI / 36;
 const KEY_PAN = 24;
 /** One + / - press brings the camera this much closer (or farther). */
 const KEY_ZOOM = 0.85;
+/** While Spark sorts and nothing else changes, draw a frame at most this often (ms). */
+const SORT_FRAME_MS = 500;
 /** Animation frames without drawing (and no sort pending) after which the view is settled. */
 const SETTLED_TICKS = 2;
 
@@ -110,6 +113,7 @@ export function createViewer(container, options = {}) {
   let lastTime = performance.now();
   let frames = 0;
   let idleTicks = 0; // animation frames in a row that drew nothing
+  let lastDrawn = 0; // animation time of the last frame drawn
 
   function resize() {
     const width = Math.max(1, container.clientWidth);
@@ -136,10 +140,16 @@ export function createViewer(container, options = {}) {
     let moved = false;
     if (mode === "orbit") moved = orbit.update(delta);
     else moved = fly.update(camera);
-    if (!(moved || dirty)) {
+    // While Spark sorts, keep drawing: its sort starts with an asynchronous GPU readback
+    // whose fence Chromium only signals as frames are presented, so with nothing drawn the
+    // sort (and a new level-of-detail subset) would wait for the next camera move.
+    if (!(moved || dirty || spark.sorting)) {
       idleTicks += 1;
       return;
     }
+    // ... but a few frames a second are enough for that.
+    if (!(moved || dirty) && time - lastDrawn < SORT_FRAME_MS) return;
+    lastDrawn = time;
     idleTicks = 0;
     dirty = false;
     renderer.render(scene, camera);
@@ -353,6 +363,7 @@ export function createViewer(container, options = {}) {
     benchmark,
     dispose,
     camera,
+    spark, // the SparkRenderer, for measurements and diagnostics
     /** What the viewer shows and does; `settled`: nothing left to draw until the next
      * input (no camera motion, no pending sort), so a screenshot shows the final frame. */
     get stats() {

@@ -1,9 +1,11 @@
-// Builds the viewer bundle: web/src/viewer.js + Spark + three.js -> one minified,
-// self-contained ES module in the Python package (src/mlsharp/web/static/viewer.js),
-// with the licences of the bundled libraries copied beside it. The output is
-// deterministic for a given package-lock.json, so the committed bundle can be checked
-// by rebuilding and comparing.
-import { copyFileSync, mkdirSync, readFileSync, statSync } from "node:fs";
+// Builds the page's vendored files into the Python package (src/mlsharp/web/static/):
+// - the viewer bundle: web/src/viewer.js + Spark + three.js -> one minified,
+//   self-contained ES module (viewer.js), with the licences of the bundled libraries;
+// - Swagger UI for /docs (swagger/: swagger-ui-dist's prebuilt bundle and stylesheet,
+//   copied as published, minus the source-map comment, with its licence and notices).
+// The output is deterministic for a given package-lock.json, so the committed files can
+// be checked by rebuilding and comparing. Sizes printed: raw bytes and gzip level 9.
+import { copyFileSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
@@ -44,6 +46,32 @@ copyFileSync(
 // fflate (Spark's gzip decoder) is compiled into Spark's dist file, so it ships too.
 copyFileSync(join(here, "node_modules", "fflate", "LICENSE"), join(outDir, "fflate.LICENSE"));
 
-const raw = statSync(outFile).size;
-const gz = gzipSync(readFileSync(outFile), { level: 9 }).length;
-console.log(`${outFile}: ${(raw / 1e6).toFixed(2)} MB, ${(gz / 1e6).toFixed(2)} MB gzipped`);
+// Swagger UI (Apache-2.0) for the offline /docs page.
+const swaggerDir = join(outDir, "swagger");
+const swaggerSrc = join(here, "node_modules", "swagger-ui-dist");
+mkdirSync(swaggerDir, { recursive: true });
+for (const name of ["swagger-ui-bundle.js", "swagger-ui.css"]) {
+  // The .map files are not shipped, so their comments would only point at 404s.
+  const text = readFileSync(join(swaggerSrc, name), "utf8").replace(
+    /\n?\/[*/]# sourceMappingURL=\S+?(\s*\*\/)?\s*$/,
+    "\n",
+  );
+  writeFileSync(join(swaggerDir, name), text);
+}
+copyFileSync(join(swaggerSrc, "LICENSE"), join(swaggerDir, "swagger-ui.LICENSE"));
+copyFileSync(join(swaggerSrc, "NOTICE"), join(swaggerDir, "swagger-ui.NOTICE"));
+// Licences of the libraries compiled into swagger-ui-bundle.js (React, DOMPurify, ...).
+copyFileSync(
+  join(swaggerSrc, "swagger-ui-bundle.js.LICENSE.txt"),
+  join(swaggerDir, "swagger-ui-bundle.js.LICENSE.txt"),
+);
+
+/** Print a file's size as served: raw and gzip-compressed (level 9, as in docs/web.md). */
+function report(path) {
+  const raw = statSync(path).size;
+  const gz = gzipSync(readFileSync(path), { level: 9 }).length;
+  console.log(`${path}: ${raw} bytes (${(raw / 1e6).toFixed(2)} MB), ${gz} gzipped (${(gz / 1e6).toFixed(2)} MB)`);
+}
+report(outFile);
+report(join(swaggerDir, "swagger-ui-bundle.js"));
+report(join(swaggerDir, "swagger-ui.css"));

@@ -72,16 +72,19 @@ class Server:
     url: str
     process: subprocess.Popen
     log_path: Path
+    data_dir: Path
     headers: dict[str, str] = field(default_factory=dict)
 
     def client(self) -> httpx.Client:
         """An HTTP client of this server (with its API key, if any)."""
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=60)
 
-    def submit_photo(self, path: Path) -> str:
-        """Submit ``path`` through the API and wait until its job succeeded; its id."""
+    def submit_photo(self, path: Path, **form: str) -> str:
+        """Submit ``path`` (with form fields ``form``) and wait until its job succeeded."""
         with self.client() as client:
-            created = client.post("/v1/jobs", files={"file": (path.name, path.read_bytes())})
+            created = client.post(
+                "/v1/jobs", files={"file": (path.name, path.read_bytes())}, data=form
+            )
             created.raise_for_status()
             job_id = created.json()["id"]
             deadline = time.monotonic() + 120
@@ -103,7 +106,7 @@ def start_server(data_dir: Path, checkpoint: Path, env: dict[str, str] | None = 
     if not wait_until_ok(f"{url}/v1/ready", process, timeout=90):
         process.kill()
         raise RuntimeError(f"mlsharp serve did not start:\n{log_path.read_text()}")
-    return Server(url, process, log_path)
+    return Server(url, process, log_path, data_dir)
 
 
 def stop_server(server: Server) -> None:
@@ -142,6 +145,24 @@ def keyed_server(
     stop_server(server)
 
 
+@pytest.fixture(scope="session")
+def idle_server(
+    browser: Any, tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path
+) -> Iterator[Server]:
+    """An ``mlsharp serve`` without workers (jobs stay queued) and a queue of one job.
+
+    Its jobs change state only when a test changes them in its SQLite job store, as a
+    worker process sharing the data directory would; a second queued job gets 503.
+    """
+    server = start_server(
+        tmp_path_factory.mktemp("web-idle") / "data",
+        tiny_checkpoint,
+        env={"MLSHARP_WORKERS": "0", "MLSHARP_MAX_QUEUE": "1"},
+    )
+    yield server
+    stop_server(server)
+
+
 @dataclass
 class PageRun:
     """A page plus what its console reported."""
@@ -157,16 +178,24 @@ class PageRun:
 
 @pytest.fixture()
 def open_page(browser: Any) -> Iterator[Any]:
-    """Factory: ``open_page(url, locale="en-US", viewport=VIEWPORT)`` -> :class:`PageRun`.
+    """Factory: ``open_page(url, locale=, viewport=, init_script=)`` -> :class:`PageRun`.
 
-    Each call gets a fresh browser context (its own localStorage). Uncaught page errors
-    fail the test at teardown.
+    Each call gets a fresh browser context (its own localStorage); ``init_script`` runs in
+    it before the page's own scripts. Uncaught page errors fail the test at teardown.
     """
     contexts: list[Any] = []
     runs: list[PageRun] = []
 
-    def open_(url: str, *, locale: str = "en-US", viewport: dict | None = None) -> PageRun:
+    def open_(
+        url: str,
+        *,
+        locale: str = "en-US",
+        viewport: dict | None = None,
+        init_script: str | None = None,
+    ) -> PageRun:
         context = browser.new_context(locale=locale, viewport=viewport or VIEWPORT)
+        if init_script:
+            context.add_init_script(init_script)
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(90_000)

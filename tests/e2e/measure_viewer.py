@@ -5,10 +5,11 @@ Run: ``.venv/bin/python -m tests.e2e.measure_viewer [--splats-side 768] [--frame
 Writes a synthetic SHARP-sized scene (768 x 768 x 2 = 1.18 M splats) with
 :mod:`mlsharp.splat` as ``.ply`` and ``.spz``, serves the real page from an API-only
 ``create_app`` (no model) and feeds the scene through ``?scene=``. Prints one row per
-format and quality: download size, first-frame time, and frames per second while the camera
-turns (each frame re-sorts and re-draws every splat). Under SwiftShader (software WebGL on
-the CPU) the figures say more about the CPU than about a GPU; on a real GPU run it with
-``--gpu`` (drops the SwiftShader flags).
+format and quality: download size, splats drawn (the level-of-detail subset in light
+quality), first-frame time, and frames per second while the camera turns (each frame
+re-sorts and re-draws the splats), timed once the viewer has settled. Under SwiftShader
+(software WebGL on the CPU) the figures say more about the CPU than about a GPU; on a
+real GPU run it with ``--gpu`` (drops the SwiftShader flags).
 """
 
 from __future__ import annotations
@@ -47,6 +48,40 @@ def fulfil_with(body: bytes):
     return lambda route: route.fulfill(body=body)
 
 
+def measure(browser, url: str, fmt: str, path: Path, quality: str, args) -> str:
+    """One table row: ``path`` shown in ``quality`` on a fresh page, then timed."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    context = browser.new_context(viewport={"width": args.width, "height": args.height})
+    context.add_init_script(f"localStorage.setItem('mlsharp.quality', '{quality}')")
+    page = context.new_page()
+    page.set_default_timeout(600_000)
+    page.route(
+        lambda u: urlsplit(u).path.startswith("/e2e-scenes/"), fulfil_with(path.read_bytes())
+    )
+    budget = f"&light-budget={args.light_budget}" if args.light_budget else ""
+    page.goto(f"{url}/?scene=/e2e-scenes/{path.name}&format={fmt}{budget}")
+    page.on("pageerror", lambda error: print("page error:", error))
+    page.wait_for_selector("#viewer[data-ready='true'], #error:not([hidden])")
+    if page.is_visible("#error"):
+        raise SystemExit(f"the page failed: {page.inner_text('#error')}")
+    first = float(page.get_attribute("#viewer", "data-first-frame-ms"))
+    # Time frames once sorting (and the level-of-detail subset) has settled, or say not.
+    note = ""
+    try:
+        page.wait_for_function(
+            "() => window.mlsharp.viewer.stats.settled", timeout=args.settle * 1000
+        )
+    except PlaywrightTimeout:
+        note = f" (not settled after {args.settle:g} s)"
+    drawn = page.evaluate("window.mlsharp.viewer.stats.drawn")
+    fps = page.evaluate("n => window.mlsharp.viewer.benchmark(n)", args.frames)
+    context.close()
+    size = path.stat().st_size / 1e6
+    cells = [fmt, f"{size:.1f} MB", quality, f"{drawn:,}{note}", f"{first / 1000:.1f} s"]
+    return "| " + " | ".join([*cells, f"{fps:.3g}"]) + " |"
+
+
 def main() -> None:
     """Print first-frame times and frame rates."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -57,6 +92,12 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="use the GPU, not SwiftShader")
     parser.add_argument("--formats", default="ply,spz", help="comma-separated scene formats")
     parser.add_argument("--qualities", default="full,light", help="comma-separated qualities")
+    parser.add_argument(
+        "--light-budget", type=int, default=0, help="splats drawn in light quality (page default)"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=120, help="seconds to wait for sorting / LoD to settle"
+    )
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -71,8 +112,8 @@ def main() -> None:
             files[fmt] = path
         url, server = serve_page(folder / "data")
         print(f"{len(scene):,} splats, viewport {args.width}x{args.height}")
-        print("| format | size | quality | first frame | frames/s while turning |")
-        print("|---|---|---|---|---|")
+        print("| format | size | quality | splats drawn | first frame | frames/s while turning |")
+        print("|---|---|---|---|---|---|")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=str(CHROMIUM),
@@ -81,27 +122,7 @@ def main() -> None:
             )
             for fmt, path in files.items():
                 for quality in args.qualities.split(","):
-                    context = browser.new_context(
-                        viewport={"width": args.width, "height": args.height}
-                    )
-                    context.add_init_script(f"localStorage.setItem('mlsharp.quality', '{quality}')")
-                    page = context.new_page()
-                    page.set_default_timeout(600_000)
-                    page.route(
-                        lambda u: urlsplit(u).path.startswith("/e2e-scenes/"),
-                        fulfil_with(path.read_bytes()),
-                    )
-                    page.goto(f"{url}/?scene=/e2e-scenes/{path.name}&format={fmt}")
-                    page.on("pageerror", lambda error: print("page error:", error))
-                    page.wait_for_selector("#viewer[data-ready='true'], #error:not([hidden])")
-                    if page.is_visible("#error"):
-                        raise SystemExit(f"the page failed: {page.inner_text('#error')}")
-                    first = float(page.get_attribute("#viewer", "data-first-frame-ms"))
-                    fps = page.evaluate("n => window.mlsharp.viewer.benchmark(n)", args.frames)
-                    size = path.stat().st_size / 1e6
-                    row = f"| {fmt} | {size:.1f} MB | {quality} | {first / 1000:.1f} s |"
-                    print(f"{row} {fps:.3g} |", flush=True)
-                    context.close()
+                    print(measure(browser, url, fmt, path, quality, args), flush=True)
             browser.close()
         server.should_exit = True
 

@@ -39,3 +39,30 @@ def centroid_row(mask: np.ndarray) -> float | None:
     if rows.size == 0:
         return None
     return float(rows.mean() / mask.shape[0])
+
+
+def centroid_column(mask: np.ndarray) -> float | None:
+    """Mean column (0 = left, 1 = right) of the mask's pixels, or ``None`` if empty."""
+    columns = np.nonzero(mask)[1]
+    if columns.size == 0:
+        return None
+    return float(columns.mean() / mask.shape[1])
+
+
+def border_matches(
+    pixels: np.ndarray, color: tuple[int, int, int], width: int = 4, corner: int = 12
+) -> float:
+    """Share of the outermost ``width`` pixels on the four sides that are ``color`` (+-8),
+    leaving out ``corner`` pixels at each end of a side (rounded, clipped corners).
+
+    A 3 px ring inside an element whose screenshot box was rounded outwards by a pixel
+    fills 3 of the outer 4 lines: about 0.75."""
+    h, w = pixels.shape[:2]
+    sides = [
+        pixels[:width, corner : w - corner],
+        pixels[h - width :, corner : w - corner],
+        pixels[corner : h - corner, :width],
+        pixels[corner : h - corner, w - width :],
+    ]
+    border = np.concatenate([side.reshape(-1, 3) for side in sides]).astype(np.int16)
+    return float((np.abs(border - np.array(color)).max(axis=1) <= 8).mean())

@@ -7,17 +7,19 @@ import numpy as np
 from mlsharp.gaussians import Gaussians
 
 
-def up_down_scene(per_blob: int = 2000, depth: float = 3.0, seed: int = 0) -> Gaussians:
-    """A red blob above a blue one, in the model's OpenCV frame (-y is up), ``depth`` ahead.
+def marker_scene(per_blob: int = 2000, depth: float = 3.0, seed: int = 0) -> Gaussians:
+    """Three blobs in the model's OpenCV frame (+x right, +y down), ``depth`` ahead: red
+    above the centre, blue below it, green to the left.
 
-    Seen from the photo's camera (the origin, looking down +z) the red blob must be in the
-    top half of the picture and the blue blob in the bottom half.
+    Seen from the photo's camera (the origin, looking down +z) red must be in the top half
+    of the picture, blue in the bottom half and green in the left half: a flip of either
+    axis, or a mirror image, moves one of them.
     """
     rng = np.random.default_rng(seed)
-    offsets = rng.normal(0.0, 0.12, size=(2 * per_blob, 3))
-    centres = np.repeat(np.array([[0.0, -0.45, depth], [0.0, 0.45, depth]]), per_blob, axis=0)
-    positions = (centres + offsets).astype(np.float32)
-    colors = np.repeat(np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), per_blob, axis=0)
+    centres = np.array([[0.0, -0.45, depth], [0.0, 0.45, depth], [-0.6, 0.0, depth]])
+    offsets = rng.normal(0.0, 0.12, size=(len(centres) * per_blob, 3))
+    positions = (np.repeat(centres, per_blob, axis=0) + offsets).astype(np.float32)
+    colors = np.repeat(np.eye(3)[[0, 2, 1]], per_blob, axis=0)  # red, blue, green
     n = len(positions)
     rotations = np.tile(np.array([1.0, 0.0, 0.0, 0.0]), (n, 1))
     return Gaussians(

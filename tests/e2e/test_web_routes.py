@@ -1,11 +1,13 @@
-"""The page's HTTP side: routes, caching headers, CSP, gzip, 404s, /v1/info, packaging.
+"""The page's HTTP side: routes, caching headers, CSP, gzip, 404s, /v1/info, /docs, packaging.
 
 A real uvicorn server (API-only node: no model) on a free port; no browser needed.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
 import os
 import re
 import shutil
@@ -102,6 +104,32 @@ def test_unknown_static_paths_are_404_in_the_error_schema(site, path: str) -> No
     assert body["error"] == "not_found"
 
 
+def test_docs_are_swagger_ui_from_package_data_under_a_strict_csp(site) -> None:
+    docs = site.client.get("/docs")
+    assert docs.status_code == 200
+    assert docs.headers["content-type"] == "text/html; charset=utf-8"
+    assert "https://" not in docs.text and "cdn" not in docs.text.lower()
+    assets = linked_assets(docs.text)
+    assert {"swagger/swagger-ui-bundle.js", "swagger/swagger-ui.css", "icon.svg"} <= set(assets)
+    for name, url in assets.items():
+        answer = site.client.get(url)
+        assert answer.status_code == 200 and answer.content == (STATIC / name).read_bytes()
+        assert answer.headers["cache-control"] == "public, max-age=31536000, immutable"
+    # The one inline script (Swagger UI's set-up) is allowed by its hash, nothing else.
+    csp = docs.headers["content-security-policy"]
+    scripts = re.findall(r"<script>(.*?)</script>", docs.text, re.DOTALL)
+    assert len(scripts) == 1 and "'unsafe-inline'" not in csp
+    digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+    assert f"script-src 'self' 'sha256-{digest}'" in csp
+    assert "connect-src 'self'" in csp and '"validatorUrl": null' in scripts[0]
+    assert (
+        site.client.get("/docs", headers={"If-None-Match": docs.headers["etag"]}).status_code == 304
+    )
+    redoc = site.client.get("/redoc", follow_redirects=False)
+    assert redoc.status_code == 307 and redoc.headers["location"] == "/docs"
+    assert site.client.get("/docs/oauth2-redirect").status_code == 404  # no OAuth2 here
+
+
 def test_page_does_not_shadow_the_api_or_docs(site) -> None:
     assert site.client.get("/v1/health").json()["status"] == "ok"
     assert site.client.get("/docs").status_code == 200
@@ -152,6 +180,24 @@ def test_bundle_ships_with_its_licences() -> None:
     for name in ("three.LICENSE", "spark.LICENSE", "fflate.LICENSE"):
         assert "MIT License" in (STATIC / name).read_text(encoding="utf-8")
     assert "https://cdn" not in bundle
+    swagger = STATIC / "swagger"
+    assert "Apache License" in (swagger / "swagger-ui.LICENSE").read_text(encoding="utf-8")
+    assert "SmartBear" in (swagger / "swagger-ui.NOTICE").read_text(encoding="utf-8")
+    assert "sourceMappingURL" not in (swagger / "swagger-ui.css").read_text(encoding="utf-8")
+
+
+#: Files web/build.mjs writes (checked against a fresh build).
+BUILT = [
+    "viewer.js",
+    "three.LICENSE",
+    "spark.LICENSE",
+    "fflate.LICENSE",
+    "swagger/swagger-ui-bundle.js",
+    "swagger/swagger-ui.css",
+    "swagger/swagger-ui.LICENSE",
+    "swagger/swagger-ui.NOTICE",
+    "swagger/swagger-ui-bundle.js.LICENSE.txt",
+]
 
 
 @pytest.mark.skipif(
@@ -161,7 +207,9 @@ def test_bundle_ships_with_its_licences() -> None:
 def test_committed_bundle_matches_a_fresh_build(tmp_path: Path) -> None:
     env = {**os.environ, "MLSHARP_WEB_OUT": str(tmp_path)}
     subprocess.run(["node", "build.mjs"], cwd=REPO / "web", env=env, check=True, timeout=300)
-    for name in ("viewer.js", "three.LICENSE", "spark.LICENSE", "fflate.LICENSE"):
+    built = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert built == set(BUILT)
+    for name in BUILT:
         assert (tmp_path / name).read_bytes() == (STATIC / name).read_bytes(), (
             f"{name} is stale: run `cd web && npm ci && npm run build`"
         )
@@ -180,7 +228,8 @@ def test_wheel_contains_the_page(tmp_path: Path) -> None:
     subprocess.run(command, check=True, timeout=600, cwd=tmp_path)
     wheel = next(tmp_path.glob("mlsharp-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    packaged = {p.name for p in STATIC.iterdir() if p.is_file()}
+    packaged = {p.relative_to(STATIC).as_posix() for p in STATIC.rglob("*") if p.is_file()}
+    assert "swagger/swagger-ui-bundle.js" in packaged
     assert "mlsharp/web/index.html" in names
     assert {f"mlsharp/web/static/{n}" for n in packaged} <= names
     assert "mlsharp/service/web.py" in names

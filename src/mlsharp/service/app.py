@@ -75,11 +75,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="One photo in, a 3D Gaussian Splatting scene out (Apple's SHARP model).",
         lifespan=lifespan,
+        # /docs is served by the web router from package data (FastAPI's default loads
+        # Swagger UI from a CDN, blank offline); /redoc redirects there.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     for module in (jobs, batches, predict, webhooks, cache, system):
         app.include_router(module.router)
-    # The web page last: it owns only "/" and "/static/...", never /v1, /metrics or /docs.
+    # The web page last: it owns only "/", "/docs", "/redoc" and "/static/...", never /v1
+    # or /metrics.
     app.include_router(web.router)
     if settings.cors_origins:
         app.add_middleware(

@@ -1,4 +1,4 @@
-"""Serve the web page: ``/`` and its assets under ``/static/``, from package data.
+"""Serve the web page (``/``), the API docs (``/docs``) and their assets under ``/static/``.
 
 The files come from :mod:`mlsharp.web` through :mod:`importlib.resources` (no Node, no
 CDN, works offline) and are read once, on the first request. Caching:
@@ -14,10 +14,16 @@ from 3.1 MB to 1.0 MB). The page gets a Content-Security-Policy that allows only
 origin, plus ``blob:`` workers, ``blob:``/``data:`` images and WebAssembly compilation, which
 the viewer (Spark) needs. Unknown paths under ``/static/`` are ``404`` in the API's error
 schema.
+
+``/docs`` is Swagger UI from the same package data (``static/swagger/``, copied from the
+``swagger-ui-dist`` npm package by ``web/build.mjs``) instead of FastAPI's CDN default, so
+it works offline too; its one inline script is allowed by hash in its own CSP. ``/redoc``
+redirects there.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import gzip
 import hashlib
@@ -28,6 +34,8 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import RedirectResponse
 
 from mlsharp.errors import NotFound
 
@@ -54,6 +62,26 @@ CONTENT_SECURITY_POLICY = "; ".join(
     )
 )
 
+#: Content-Security-Policy of ``/docs`` (``{script}``: the hash of its inline script).
+#: Swagger UI's stylesheet uses data: images; it styles elements through the DOM, which
+#: ``style-src 'self'`` allows. It only talks to this origin (no online validator).
+DOCS_CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self' {script}",
+        "connect-src 'self'",
+        "img-src 'self' data:",
+        "style-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+#: Swagger UI settings: no online validator badge (it would call validator.swagger.io).
+SWAGGER_UI_PARAMETERS = {"validatorUrl": None}
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
+
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -67,6 +95,8 @@ _MEDIA_TYPES = {
     ".json": "application/json",
     ".png": "image/png",
     ".LICENSE": "text/plain; charset=utf-8",
+    ".NOTICE": "text/plain; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
 }
 _COMPRESSIBLE = ("text/", "image/svg+xml", "application/json")
 _IMMUTABLE = "public, max-age=31536000, immutable"
@@ -191,6 +221,55 @@ def index(request: Request) -> Response:
         "no-cache",
         **{"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Frame-Options": "DENY"},
     )
+
+
+def _static_url(name: str) -> str:
+    """The versioned URL of packaged asset ``name`` (cached for a year by browsers).
+
+    Raises:
+        NotFound: the asset is not in the package (a packaging error).
+    """
+    asset = site().assets.get(name)
+    if asset is None:
+        raise NotFound(f"{name!r} is not in the package: run `cd web && npm run build`")
+    return f"{STATIC_PREFIX}/{name}?v={asset.version}"
+
+
+def _script_hash(script: str) -> str:
+    """The CSP source that allows one inline script: ``'sha256-BASE64'``."""
+    digest = hashlib.sha256(script.encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode()}'"
+
+
+@functools.cache
+def _docs_page(title: str, openapi_url: str) -> tuple[Asset, str]:
+    """Swagger UI's page on the packaged files, and its CSP (built once per title and URL)."""
+    html = get_swagger_ui_html(
+        openapi_url=openapi_url,
+        title=f"{title} - Swagger UI",
+        swagger_js_url=_static_url("swagger/swagger-ui-bundle.js"),
+        swagger_css_url=_static_url("swagger/swagger-ui.css"),
+        swagger_favicon_url=_static_url("icon.svg"),
+        swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
+    ).body.decode("utf-8")
+    hashes = " ".join(_script_hash(script) for script in _INLINE_SCRIPT.findall(html))
+    page = Asset(html.encode("utf-8"), _MEDIA_TYPES[".html"])
+    return page, DOCS_CONTENT_SECURITY_POLICY.format(script=hashes)
+
+
+@router.get("/docs")
+def docs(request: Request) -> Response:
+    """Swagger UI of the API, served from package data (works offline)."""
+    page, csp = _docs_page(request.app.title, request.app.openapi_url or "/openapi.json")
+    return _respond(
+        request, page, "no-cache", **{"Content-Security-Policy": csp, "X-Frame-Options": "DENY"}
+    )
+
+
+@router.get("/redoc")
+def redoc() -> RedirectResponse:
+    """The former ReDoc page: the API documentation is Swagger UI at ``/docs``."""
+    return RedirectResponse("/docs", status_code=307)
 
 
 @router.get(STATIC_PREFIX + "/{name:path}")

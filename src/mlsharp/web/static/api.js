@@ -6,12 +6,19 @@ const KEY_STORAGE = "mlsharp.apiKey";
 
 /** An error answered by the API ({error, message, status_code, ...}) or a network failure. */
 export class ApiError extends Error {
-  constructor({ status = 0, code = "network", message = "", requestId = null } = {}) {
+  constructor({
+    status = 0,
+    code = "network",
+    message = "",
+    requestId = null,
+    retryAfter = null,
+  } = {}) {
     super(message || code);
     this.name = "ApiError";
     this.status = status; // 0 for network failures
     this.code = code; // the API's machine-readable "error" field
     this.requestId = requestId;
+    this.retryAfter = retryAfter; // seconds (Retry-After of a 429 or 503), or null
   }
 }
 
@@ -78,12 +85,14 @@ export async function errorFrom(response) {
   } catch {
     // not JSON (a proxy's HTML error page, for example)
   }
+  const retryAfter = retryAfterSeconds(response.headers.get("Retry-After"));
   if (body && typeof body.error === "string") {
     return new ApiError({
       status: response.status,
       code: body.error,
       message: typeof body.message === "string" ? body.message : "",
       requestId: body.request_id || response.headers.get("X-Request-ID"),
+      retryAfter,
     });
   }
   return new ApiError({
@@ -91,7 +100,17 @@ export async function errorFrom(response) {
     code: `http_${response.status}`,
     message: response.statusText,
     requestId: response.headers.get("X-Request-ID"),
+    retryAfter,
   });
+}
+
+/** Seconds to wait from a Retry-After header (delay-seconds or an HTTP date), or null. */
+export function retryAfterSeconds(header) {
+  if (!header) return null;
+  const seconds = /^\s*\d+\s*$/.test(header)
+    ? Number(header)
+    : (Date.parse(header) - Date.now()) / 1000;
+  return Number.isFinite(seconds) && seconds > 0 ? Math.ceil(seconds) : null;
 }
 
 /** GET (or other method) and parse JSON. */

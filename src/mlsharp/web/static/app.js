@@ -4,7 +4,7 @@
 // imported only when a scene is about to be shown.
 
 import * as api from "./api.js";
-import { cameraFromFocalMm, plyCamera } from "./plycamera.js";
+import { cameraFromFocalMm, plyCamera, pngSize } from "./plycamera.js";
 import { has, initialLanguage, language, setLanguage, t } from "./i18n.js";
 
 /** Formats the viewer reads, best first: compact ones download faster. */
@@ -15,6 +15,8 @@ const COMPACT = ["spz", "splat"];
 const DEFAULT_FRAMES = { spz: "opengl", splat: "opencv", "ply-standard": "opencv", ply: "opencv" };
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 const QUALITY_STORAGE = "mlsharp.quality";
+/** The download status line moves in steps of this many percent (it is announced). */
+const DOWNLOAD_STEP = 10;
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -91,19 +93,40 @@ function clearError() {
   ui.error.replaceChildren();
 }
 
-/** Show an error: a translated sentence for its code plus the server's own message. */
+/**
+ * Show an error: a translated sentence for its code plus the server's own message. A
+ * missing or refused API key also opens (and focuses) the key field.
+ */
 function showError(error) {
   if (error?.name === "AbortError") return;
   state.error = error;
+  renderError(error);
   const code = error.code || "unknown";
-  let title;
-  if (code === "unauthorized") title = t("apiKeyNeeded");
-  else if (code === "forbidden") title = t("apiKeyWrong");
-  else if (has(`error.${code}`)) title = t(`error.${code}`, error.params || {});
-  else if (error.status) title = t("error.http", { status: error.status });
-  else title = t("error.title");
+  if (code === "unauthorized" || code === "forbidden") openKeyPanel(true);
+  if (!(error instanceof api.ApiError) && !(error instanceof PageError)) console.error(error);
+}
+
+/** The translated sentence of an error, e.g. "The server is busy. Try again in 5 s." */
+function errorTitle(error) {
+  const code = error.code || "unknown";
+  const params = { ...(error.params || {}) };
+  if (code === "unauthorized") return t("apiKeyNeeded");
+  if (code === "forbidden") return t("apiKeyWrong");
+  // A 404 says what was missing: the job, or one of its files.
+  if (code === "not_found" && error.subject) return t(`error.${error.subject}_not_found`);
+  if (error.retryAfter && has(`error.${code}.retry`)) {
+    return t(`error.${code}.retry`, { ...params, seconds: error.retryAfter });
+  }
+  if (has(`error.${code}`)) return t(`error.${code}`, params);
+  if (error.status) return t("error.http", { status: error.status });
+  return t("error.title");
+}
+
+/** Fill the error box (also on a language change, which must not move the focus). */
+function renderError(error) {
+  const code = error.code || "unknown";
   const heading = document.createElement("strong");
-  heading.textContent = title;
+  heading.textContent = errorTitle(error);
   ui.error.replaceChildren(heading);
   const detail = error instanceof PageError ? error.detail : error.message;
   if (detail && detail !== code) {
@@ -120,8 +143,14 @@ function showError(error) {
   }
   ui.error.hidden = false;
   ui.error.dataset.code = code;
-  if (code === "unauthorized" || code === "forbidden") openKeyPanel(true);
-  if (!(error instanceof api.ApiError) && !(error instanceof PageError)) console.error(error);
+}
+
+/** Mark a 404 as being about `subject` ("job" or "file"), for its message. */
+function about(subject) {
+  return (error) => {
+    if (error?.code === "not_found") error.subject = subject;
+    throw error;
+  };
 }
 
 function formatBytes(bytes) {
@@ -143,7 +172,9 @@ function applyLanguage(lang) {
   setLanguage(lang);
   ui.lang.value = language();
   if (state.status) ui.status.textContent = t(state.status.key, state.status.params);
-  if (state.error) showError(state.error);
+  if (state.error) renderError(state.error);
+  labelViewer();
+  labelFullscreen();
   if (state.job) renderProgress(state.job);
   if (state.file) describeFile(state.file);
   renderDownloads(state.job);
@@ -266,13 +297,18 @@ function selectFile(file) {
   loadViewerModule(); // start fetching the viewer while the photo is processed
 }
 
+/**
+ * The drop zone is a button for the keyboard too, with a native button's timing: Enter
+ * opens the file picker when pressed, Space when released (its keydown would scroll).
+ */
 function onDropZoneKey(event) {
-  if (event.key === "Enter" || event.key === " ") {
-    event.preventDefault();
-    ui.file.click();
-  }
+  if (event.key !== "Enter" && event.key !== " ") return;
+  event.preventDefault();
+  const opens = event.key === "Enter" ? "keydown" : "keyup";
+  if (event.type === opens && !event.repeat) ui.file.click();
 }
 
+/** A file dropped anywhere on the page (the drop zone included: one listener, one file). */
 function onDrop(event) {
   event.preventDefault();
   ui.drop.classList.remove("dragging");
@@ -351,7 +387,9 @@ async function openJob(id) {
   url.searchParams.delete("scene");
   history.replaceState(null, "", url);
   try {
-    let job = await api.json(`/v1/jobs/${encodeURIComponent(id)}`, { signal: controller.signal });
+    let job = await api
+      .json(`/v1/jobs/${encodeURIComponent(id)}`, { signal: controller.signal })
+      .catch(about("job"));
     showJob(job);
     if (!TERMINAL.has(job.status)) job = await followJob(job, controller.signal);
     if (controller.signal.aborted) return;
@@ -422,7 +460,7 @@ function renderDownloads(job) {
       link.addEventListener("click", (event) => {
         if (!api.hasKey()) return; // a plain link works on an open server
         event.preventDefault(); // links cannot send the key: fetch, then save the blob
-        api.download(url, `${job.input_name}.${format}`).catch(showError);
+        api.download(url, `${job.input_name}.${format}`).catch(about("file")).catch(showError);
       });
       return link;
     }),
@@ -443,8 +481,10 @@ function loadViewerModule() {
 async function getViewer() {
   if (state.viewer) return state.viewer;
   const module = await loadViewerModule();
+  const budget = Number(new URLSearchParams(location.search).get("light-budget"));
   try {
     state.viewer = module.createViewer(ui.viewer, {
+      lightSplatBudget: budget > 0 ? budget : undefined,
       onFirstFrame: (ms) => {
         ui.viewer.dataset.ready = "true";
         console.info(`mlsharp viewer: first frame ${Math.round(ms)} ms`);
@@ -454,12 +494,25 @@ async function getViewer() {
     throw new PageError("webgl", {}, String(error.message || error));
   }
   window.mlsharp = { viewer: state.viewer }; // for measurements from the console or tests
+  const canvas = state.viewer.canvas;
+  // A focusable widget that takes the arrow keys: screen readers pass keys through to it.
+  canvas.setAttribute("role", "application");
+  canvas.setAttribute("aria-describedby", "controls-help");
+  labelViewer();
   ui.viewerEmpty.hidden = true;
   state.viewer.setQuality(ui.quality.value);
   return state.viewer;
 }
 
-/** The photo's camera for a job: its .ply's intrinsics, else the photo, else a default. */
+function labelViewer() {
+  state.viewer?.canvas.setAttribute("aria-label", t("viewerLabel"));
+}
+
+/**
+ * The photo's camera for a job: its .ply's intrinsics; else the photo picked in this
+ * session, or the job's thumbnail (same aspect as the photo), with the job's focal length
+ * (30 mm when the job does not record one: it then came from EXIF or the default).
+ */
 async function jobCamera(job) {
   for (const format of ["ply", "ply-standard"]) {
     const url = job.links.results[format];
@@ -474,6 +527,9 @@ async function jobCamera(job) {
   if (state.photo && state.photoJobId === job.id) {
     return cameraFromFocalMm(job.focal_mm || 30, state.photo.width, state.photo.height);
   }
+  const preview = job.links.results.preview;
+  const size = preview ? await pngSize(preview).catch(() => null) : null;
+  if (size) return cameraFromFocalMm(job.focal_mm || 30, size.width, size.height);
   return {};
 }
 
@@ -495,14 +551,21 @@ async function showScene(url, format, camera, frame = frameOf(format)) {
   const signal = state.follow?.signal;
   ui.viewer.dataset.ready = "false";
   setStatus("downloadingScene", { percent: "" });
+  let shown = -1; // the step last announced: the status line is a live region
+  const onProgress = (received, total) => {
+    const step = total
+      ? Math.floor((100 * received) / total / DOWNLOAD_STEP) * DOWNLOAD_STEP
+      : Math.floor(received / 2 ** 20); // whole megabytes when the size is unknown
+    if (step === shown) return;
+    shown = step;
+    setStatus("downloadingScene", { percent: total ? `${step}%` : formatBytes(received) });
+  };
   const [viewer, bytes, view] = await Promise.all([
     getViewer(),
-    api.request(url, { signal }).then((response) =>
-      api.readAll(response, (received, total) => {
-        const percent = total ? `${Math.round((100 * received) / total)}%` : formatBytes(received);
-        setStatus("downloadingScene", { percent });
-      }),
-    ),
+    api
+      .request(url, { signal })
+      .then((response) => api.readAll(response, onProgress))
+      .catch(about("file")),
     camera(),
   ]);
   if (signal?.aborted) return;
@@ -529,19 +592,29 @@ function toggleFullscreen() {
   else ui.viewerSection.requestFullscreen?.().catch(() => {});
 }
 
+/** The fullscreen button says what it will do; browsers without fullscreen get none. */
+function labelFullscreen() {
+  ui.fullscreen.hidden = !document.fullscreenEnabled;
+  ui.fullscreen.textContent = t(document.fullscreenElement ? "exitFullscreen" : "fullscreen");
+}
+
 // ---------------------------------------------------------------- recent jobs
 
 async function refreshHistory({ quiet = false } = {}) {
   // Several refreshes can be in flight (job finished, language, key): only the newest lands.
   const request = ++state.historyRequest;
+  ui.historyList.setAttribute("aria-busy", "true");
   let page;
   try {
     page = await api.json("/v1/jobs?limit=20");
   } catch (error) {
-    if (!quiet && request === state.historyRequest) showError(error);
+    if (request !== state.historyRequest) return;
+    ui.historyList.setAttribute("aria-busy", "false");
+    if (!quiet) showError(error);
     return;
   }
   if (request !== state.historyRequest) return;
+  ui.historyList.setAttribute("aria-busy", "false");
   state.history = page.items;
   ui.historyEmpty.hidden = page.items.length > 0;
   ui.historyList.replaceChildren(...page.items.map(historyItem));
@@ -624,13 +697,14 @@ function bind() {
   ui.keyForget.addEventListener("click", forgetKey);
   ui.drop.addEventListener("click", () => ui.file.click());
   ui.drop.addEventListener("keydown", onDropZoneKey);
+  ui.drop.addEventListener("keyup", onDropZoneKey);
   ui.drop.addEventListener("dragover", (event) => {
     event.preventDefault();
     ui.drop.classList.add("dragging");
   });
   ui.drop.addEventListener("dragleave", () => ui.drop.classList.remove("dragging"));
-  ui.drop.addEventListener("drop", onDrop);
-  // A photo dropped anywhere else must not make the browser navigate away to it.
+  // Drops anywhere (the drop zone's bubble up here) select the file; this also keeps the
+  // browser from navigating away to a photo dropped outside the zone.
   window.addEventListener("dragover", (event) => event.preventDefault());
   window.addEventListener("drop", onDrop);
   document.addEventListener("paste", onPaste);
@@ -641,6 +715,7 @@ function bind() {
   }
   ui.reset.addEventListener("click", () => state.viewer?.resetView());
   ui.fullscreen.addEventListener("click", toggleFullscreen);
+  document.addEventListener("fullscreenchange", labelFullscreen);
   ui.quality.addEventListener("change", () => {
     try {
       localStorage.setItem(QUALITY_STORAGE, ui.quality.value);

@@ -109,6 +109,21 @@ export async function plyCamera(url) {
   };
 }
 
+/**
+ * Width and height of a PNG (the job's thumbnail) from its first 24 bytes (the IHDR
+ * chunk), or null when the server ignores Range or the file is not a PNG.
+ */
+export async function pngSize(url) {
+  const head = await fetchRange(url, 0, 23);
+  if (!head || head.length < 24) return null;
+  const signature = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+  if (!signature.every((byte, i) => head[i] === byte)) return null;
+  const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
+  const width = view.getUint32(16); // big-endian, after the signature and "IHDR" header
+  const height = view.getUint32(20);
+  return width > 0 && height > 0 ? { width, height } : null;
+}
+
 /** Field of view of a photo `width` x `height` taken with a 35 mm-equivalent `focalMm`. */
 export function cameraFromFocalMm(focalMm, width, height) {
   // As the server does: f_px = f_mm * diagonal_px / diagonal_of_36x24mm.

@@ -112,7 +112,8 @@ def test_the_model_itself_rejects_an_invalid_size():
 
 def test_settings_validate_resolution():
     assert Settings.load(None, resolution=1024).resolution == 1024
-    with pytest.raises(ConfigError, match=r"MLSHARP_RESOLUTION.*not a positive multiple of 512"):
+    expected = r"^invalid setting resolution \(--resolution\): .*not a positive multiple of 512"
+    with pytest.raises(ConfigError, match=expected):
         Settings.load(None, resolution=1000)
 
 

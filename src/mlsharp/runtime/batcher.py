@@ -119,22 +119,22 @@ class Batcher:
         self.batch_sizes.append(len(live))
         if self._on_batch is not None:
             self._on_batch(len(live))
+        failure: BaseException | None = None
         try:
             self._predict(live)
-        except OutOfMemory as error:
-            if len(live) == 1:
-                self._settle(live, error)
-            else:  # the batch did not fit: each photo on its own
-                for request in live:
-                    self._run([request])
-            return
         except Exception as error:  # each caller raises it in its own thread
-            self._settle(live, error)
-            return
+            failure = error
         except BaseException as error:  # KeyboardInterrupt, SystemExit: settle, then go
             self._settle(live, error)
             raise
-        self._settle(live, None)
+        if isinstance(failure, OutOfMemory) and len(live) > 1:
+            # The batch did not fit: each photo on its own. Outside the except block, so
+            # nothing of the failed forward is kept alive while they run.
+            failure = None
+            for request in live:
+                self._run([request])
+            return
+        self._settle(live, failure)
 
     def _predict(self, batch: list[_Request]) -> None:
         def report(stage: str) -> None:

@@ -152,7 +152,10 @@ def test_viewer_mouse_controls_quality_and_fullscreen(
     )
     page.click("#fullscreen")
     page.wait_for_function("() => document.fullscreenElement === null")
-    assert page.inner_text("#fullscreen") == "Fullscreen"
+    # The label follows the fullscreenchange event, which may come after the state flips.
+    page.wait_for_function(
+        "() => document.querySelector('#fullscreen').textContent === 'Fullscreen'"
+    )
 
 
 def test_viewer_is_usable_with_the_keyboard_alone(

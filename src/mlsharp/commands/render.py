@@ -120,8 +120,11 @@ class _EmptyFrameWatch:
             yield image
 
 
-def _checked_output(args: argparse.Namespace) -> tuple[Path, int]:
-    """Check every option that needs no scene; returns ``(OUT, frames)``."""
+def _checked_output(
+    args: argparse.Namespace,
+) -> tuple[Path, int, tuple[int | None, int | None]]:
+    """Check every option that needs no scene; returns ``(OUT, frames, (width, height))``
+    (the size as asked for, ``None`` where it follows the photo)."""
     dest = Path(args.output)
     suffix = dest.suffix.lower()
     if suffix not in (".mp4", ".png"):
@@ -129,12 +132,11 @@ def _checked_output(args: argparse.Namespace) -> tuple[Path, int]:
     frames = _plan_frames(suffix, args.frames)
     if args.fps <= 0:
         raise ConfigError(f"--fps must be positive, got {args.fps}")
-    if args.size:
-        parse_size(args.size)
+    requested = parse_size(args.size) if args.size else (None, None)
     if getattr(args, "fov", None) is not None:
         check_fov(args.fov)
     check_output_file(dest, overwrite=args.overwrite)
-    return dest, frames
+    return dest, frames, requested
 
 
 def _write(
@@ -167,10 +169,9 @@ def run_render(args: argparse.Namespace) -> int:
     _prefer_passive_openmp_waits()
     from mlsharp.render import make_trajectory, output_size, render_frames
 
-    dest, frames = _checked_output(args)
+    dest, frames, requested = _checked_output(args)
     scene_path = Path(args.scene)
     gaussians = _read_scene(scene_path, getattr(args, "input_frame", None))
-    requested = parse_size(args.size) if args.size else (None, None)
     size = output_size(gaussians.image_size, *requested, even=dest.suffix.lower() == ".mp4")
     if getattr(args, "fov", None) is not None:
         apply_fov(gaussians, args.fov, size)

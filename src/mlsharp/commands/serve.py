@@ -76,7 +76,7 @@ def run_serve(args: argparse.Namespace) -> int:
         resolve_checkpoint(settings.checkpoint, download=not settings.offline, progress=True)
         if not settings.autotune:  # autotune only picks options the device can run
             check_runtime_options(settings)
-        if settings.autotune:
+        else:
             # Tune now, in the foreground with a progress bar, so the model load in the
             # lifespan finds the result in the cache (docs/doctor.md).
             from mlsharp.runtime.autotune import server_options

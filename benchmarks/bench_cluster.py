@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from tests.distributed.conftest import (  # noqa: E402  (needs the repository on the path)
     Cluster,
     RedisServer,
+    running_and_other,
     submit,
     wait_jobs,
     wait_log,
@@ -76,13 +77,7 @@ def redelivery(tmp: Path, checkpoint: Path, heartbeat: float) -> tuple[float, fl
         api = cluster.api()
         workers = [cluster.worker("--debug-job-delay", "3") for _ in range(2)]
         job_id = submit(api.url, (1, 2, 3))
-        deadline = time.monotonic() + 60
-        while not any(f"job {job_id}: run 1 " in w.log() for w in workers):
-            if time.monotonic() > deadline:
-                raise SystemExit("no worker started the job")
-            time.sleep(0.01)
-        busy = next(w for w in workers if f"job {job_id}: run 1 " in w.log())
-        other = workers[1 - workers.index(busy)]
+        busy, other = running_and_other(workers, job_id, timeout=60)
         busy.stop(signal.SIGKILL)
         killed = time.monotonic()
         wait_log(other, f"job {job_id}: run 2 ", timeout=10 * heartbeat + 60)

@@ -30,9 +30,11 @@ from tests.conftest import REPO
 
 CPU = torch.device("cpu")
 
-CHILD = textwrap.dedent(
+#: The start of every child script below: imports and the reader of its address space.
+CHILD_PRELUDE = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, resource, sys, threading, time
+    from pathlib import Path
     from mlsharp.engine import Engine
     from mlsharp.errors import OutOfMemory
     from mlsharp.imaging import load_image
@@ -43,7 +45,27 @@ CHILD = textwrap.dedent(
         for line in open("/proc/self/status"):
             if line.startswith("VmSize"):
                 return int(line.split()[1]) * 1024
+    """
+)
 
+
+def run_child(script: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    """Run ``CHILD_PRELUDE + script`` in a fresh Python (from the repository root); the
+    JSON report it prints last."""
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD_PRELUDE + script, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+CHILD = textwrap.dedent(
+    """
     engine = Engine.load(sys.argv[1], preset="tiny", device="cpu", download=False,
                          options=RuntimeOptions(resolution=1024))
     photo = load_image(structured_photo(64, 48), focal_mm=30)
@@ -70,15 +92,7 @@ CHILD = textwrap.dedent(
 def test_forced_allocation_failure_is_out_of_memory_and_the_engine_recovers(
     tiny_checkpoint,
 ):
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tiny_checkpoint)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_child(CHILD, str(tiny_checkpoint))
     message = report["batch"]
     assert message.startswith("out of memory on cpu while running 4 images at 1024x1024 px in fp32")
     assert "can't allocate memory" in message or "Cannot allocate memory" in message
@@ -93,17 +107,7 @@ def test_forced_allocation_failure_is_out_of_memory_and_the_engine_recovers(
 
 BATCHER_CHILD = textwrap.dedent(
     """
-    import json, resource, sys, threading, time
-    from mlsharp.engine import Engine
-    from mlsharp.imaging import load_image
     from mlsharp.runtime.batcher import Batcher
-    from mlsharp.runtime.options import RuntimeOptions
-    from tests.test_precision import structured_photo
-
-    def vm_size():
-        for line in open("/proc/self/status"):
-            if line.startswith("VmSize"):
-                return int(line.split()[1]) * 1024
 
     def wait_until(condition):
         deadline = time.monotonic() + 60
@@ -156,16 +160,7 @@ def test_a_batch_that_does_not_fit_is_retried_photo_by_photo(tiny_checkpoint):
     # One malloc arena: the worker threads' arenas would otherwise reserve address space
     # (64 MB each) under the cap and make the margin depend on the thread count.
     env = {**os.environ, "MALLOC_ARENA_MAX": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", BATCHER_CHILD, str(tiny_checkpoint)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=600,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_child(BATCHER_CHILD, str(tiny_checkpoint), env=env)
     assert report["results"] == [4 * 2 * 256**2] * 4  # every caller got its Gaussians
     assert report["batch_sizes"] == [1, 3, 1, 1, 1]  # the shared forward failed, then one by one
     assert report["oom_releases"] == 1
@@ -173,18 +168,7 @@ def test_a_batch_that_does_not_fit_is_retried_photo_by_photo(tiny_checkpoint):
 
 CLI_BATCH_CHILD = textwrap.dedent(
     """
-    import json, resource, sys
-    from pathlib import Path
     from mlsharp.commands.predict import BatchedPredictions, Job
-    from mlsharp.engine import Engine
-    from mlsharp.imaging import load_image
-    from mlsharp.runtime.options import RuntimeOptions
-    from tests.test_precision import structured_photo
-
-    def vm_size():
-        for line in open("/proc/self/status"):
-            if line.startswith("VmSize"):
-                return int(line.split()[1]) * 1024
 
     folder = Path(sys.argv[2])
     jobs = []
@@ -207,16 +191,8 @@ CLI_BATCH_CHILD = textwrap.dedent(
 
 
 def test_cli_batch_that_does_not_fit_is_predicted_photo_by_photo(tiny_checkpoint, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-c", CLI_BATCH_CHILD, str(tiny_checkpoint), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=600,
-        env={**os.environ, "MALLOC_ARENA_MAX": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    env = {**os.environ, "MALLOC_ARENA_MAX": "1"}  # as above
+    report = run_child(CLI_BATCH_CHILD, str(tiny_checkpoint), str(tmp_path), env=env)
     assert report["counts"] == [4 * 2 * 256**2] * 3  # each photo got its Gaussians
     assert report["oom_releases"] == 1  # the shared forward failed once, then one by one
 

@@ -277,6 +277,18 @@ def wait_log(proc: Proc, text: str, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+def running_and_other(workers: list[Proc], job_id: str, timeout: float = 30) -> tuple[Proc, Proc]:
+    """Of two workers: (the one that started run 1 of ``job_id``, the other one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = next((w for w in workers if f"job {job_id}: run 1 " in w.log()), None)
+        if busy is not None:
+            return busy, workers[1 - workers.index(busy)]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no worker started job {job_id}")
+        time.sleep(0.01)
+
+
 @pytest.fixture()
 def cluster(tmp_path: Path, tiny_checkpoint: Path, redis_server: RedisServer) -> Iterator[Cluster]:
     """Factory of API and worker processes on one Redis; all killed at teardown."""

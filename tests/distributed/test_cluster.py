@@ -13,6 +13,7 @@ import pytest
 
 from tests.distributed.conftest import (
     job_record,
+    running_and_other,
     submit,
     wait_jobs,
     wait_log,
@@ -66,12 +67,7 @@ def test_killed_worker_job_completes_on_the_other(cluster, webhook_receiver, mot
     # Both workers sleep 3 s before each run: a window to kill the one running it.
     workers = [cluster.worker("--debug-job-delay", "3") for _ in range(2)]
     job_id = submit(api.url, (1, 2, 3))
-    deadline = time.monotonic() + 30
-    while not any(f"job {job_id}: run 1 " in w.log() for w in workers):
-        assert time.monotonic() < deadline, "no worker started the job"
-        time.sleep(0.02)
-    busy = next(w for w in workers if f"job {job_id}: run 1 " in w.log())
-    other = workers[1 - workers.index(busy)]
+    busy, other = running_and_other(workers, job_id, timeout=30)
     busy.stop(signal.SIGKILL)
     killed_at = time.monotonic()
     wait_log(other, f"job {job_id}: run 2 of at most 3", timeout=60)

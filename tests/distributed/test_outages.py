@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from tests.distributed.conftest import (
     job_record,
     jpeg_bytes,
     requeue_all_in_flight,
+    running_and_other,
     submit,
     wait_jobs,
     wait_log,
@@ -24,6 +26,18 @@ from tests.distributed.conftest import (
 )
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def persistent_redis(tmp_path, cluster) -> Iterator[RedisServer]:
+    """A redis-server whose data survives stop/start (append-only file), used by the
+    cluster's processes instead of the default one."""
+    redis = RedisServer(free_port(), tmp_path / "aof", persistent=True)
+    redis.workdir.mkdir()
+    redis.start()
+    cluster.queue_url = redis.url
+    yield redis
+    redis.stop()
 
 
 def _post(url: str) -> httpx.Response:
@@ -56,74 +70,57 @@ def test_redis_down_at_start_then_up(cluster, redis_server):
     assert wait_jobs([api.url], [job_id])[job_id]["status"] == "succeeded"
 
 
-def test_redis_down_during_a_run(cluster, tmp_path):
+def test_redis_down_during_a_run(cluster, persistent_redis):
     """Redis dies while a job runs: the API answers 503, the worker keeps the result and
     records it when Redis is back; new jobs run again."""
-    redis = RedisServer(free_port(), tmp_path / "aof", persistent=True)
-    redis.workdir.mkdir()
+    redis = persistent_redis
+    api = cluster.api()
+    worker = cluster.worker("--debug-job-delay", "3")
+    job_id = submit(api.url, (1, 1, 1))
+    wait_log(worker, f"job {job_id}: run 1 ")
+    redis.stop()
+    _assert_503(_post(api.url))
+    _assert_503(httpx.get(f"{api.url}/v1/jobs/{job_id}"))
+    wait_log(worker, "redis unavailable while")  # the run needs Redis, waits for it
+    assert worker.process.poll() is None, worker.log()
     redis.start()
-    cluster.queue_url = redis.url
-    try:
-        api = cluster.api()
-        worker = cluster.worker("--debug-job-delay", "3")
-        job_id = submit(api.url, (1, 1, 1))
-        wait_log(worker, f"job {job_id}: run 1 ")
-        redis.stop()
-        _assert_503(_post(api.url))
-        _assert_503(httpx.get(f"{api.url}/v1/jobs/{job_id}"))
-        wait_log(worker, "redis unavailable while")  # the run needs Redis, waits for it
-        assert worker.process.poll() is None, worker.log()
-        redis.start()
-        job = wait_jobs([api.url], [job_id], timeout=90)[job_id]
-        assert job["status"] == "succeeded", job
-        assert "redis unavailable while" in worker.log() or "lost the connection" in worker.log()
-        second = submit(api.url, (2, 2, 2))
-        assert wait_jobs([api.url], [second], timeout=60)[second]["status"] == "succeeded"
-        assert worker.process.poll() is None
-    finally:
-        redis.stop()
+    job = wait_jobs([api.url], [job_id], timeout=90)[job_id]
+    assert job["status"] == "succeeded", job
+    assert "redis unavailable while" in worker.log() or "lost the connection" in worker.log()
+    second = submit(api.url, (2, 2, 2))
+    assert wait_jobs([api.url], [second], timeout=60)[second]["status"] == "succeeded"
+    assert worker.process.poll() is None
 
 
 def test_outage_longer_than_the_heartbeat_timeout_keeps_the_run(
-    cluster, tmp_path, webhook_receiver
+    cluster, persistent_redis, webhook_receiver
 ):
     """Two workers; Redis is down longer than the heartbeat timeout while one runs a job.
     When it is back the broker requeues that job's message (as the first worker back,
     or one whose clock runs ahead, does): the other worker sees the run's lease renewed
     and skips it. The job keeps its first run's result: one attempt, one webhook."""
-    redis = RedisServer(free_port(), tmp_path / "aof", persistent=True)
-    redis.workdir.mkdir()
+    redis = persistent_redis
+    api = cluster.api()
+    httpx.post(
+        f"{api.url}/v1/webhooks",
+        json={"url": webhook_receiver.url, "events": ["job.succeeded"]},
+    ).raise_for_status()
+    # The run outlasts the outage and the other worker's decision with a margin.
+    workers = [cluster.worker("--debug-job-delay", "12") for _ in range(2)]
+    job_id = submit(api.url, (4, 5, 6))
+    busy, other = running_and_other(workers, job_id, timeout=30)
+    redis.stop()
+    time.sleep(3.0)  # the outage itself: longer than the 2 s heartbeat timeout
     redis.start()
-    cluster.queue_url = redis.url
-    try:
-        api = cluster.api()
-        httpx.post(
-            f"{api.url}/v1/webhooks",
-            json={"url": webhook_receiver.url, "events": ["job.succeeded"]},
-        ).raise_for_status()
-        # The run outlasts the outage and the other worker's decision with a margin.
-        workers = [cluster.worker("--debug-job-delay", "12") for _ in range(2)]
-        job_id = submit(api.url, (4, 5, 6))
-        deadline = time.monotonic() + 30
-        while not any(f"job {job_id}: run 1 " in w.log() for w in workers):
-            assert time.monotonic() < deadline, "no worker started the job"
-            time.sleep(0.02)
-        busy = next(w for w in workers if f"job {job_id}: run 1 " in w.log())
-        other = workers[1 - workers.index(busy)]
-        redis.stop()
-        time.sleep(3.0)  # the outage itself: longer than the 2 s heartbeat timeout
-        redis.start()
-        requeue_all_in_flight(redis.url)
-        wait_log(other, f"job {job_id}: delivery skipped (a live run holds it)", timeout=30)
-        job = wait_jobs([api.url], [job_id], timeout=60)[job_id]
-        assert job["status"] == "succeeded", job
-        assert f"job {job_id} succeeded" in busy.log()
-        assert f"job {job_id}: run 2" not in other.log()
-        assert job_record(redis.url, job_id).attempts == 1
-        assert wait_webhooks_settled(redis.url) == 1
-        assert [b["data"]["id"] for b in webhook_receiver.bodies()] == [job_id]
-    finally:
-        redis.stop()
+    requeue_all_in_flight(redis.url)
+    wait_log(other, f"job {job_id}: delivery skipped (a live run holds it)", timeout=30)
+    job = wait_jobs([api.url], [job_id], timeout=60)[job_id]
+    assert job["status"] == "succeeded", job
+    assert f"job {job_id} succeeded" in busy.log()
+    assert f"job {job_id}: run 2" not in other.log()
+    assert job_record(redis.url, job_id).attempts == 1
+    assert wait_webhooks_settled(redis.url) == 1
+    assert [b["data"]["id"] for b in webhook_receiver.bodies()] == [job_id]
 
 
 def test_event_stream_ends_with_an_error_event_when_redis_goes(cluster, redis_server):

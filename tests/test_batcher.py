@@ -122,14 +122,18 @@ def test_a_failing_stage_callback_fails_only_its_caller(engine, photos, singles)
     assert batcher.batch_sizes == [1, 4]
 
 
-def test_an_engine_error_reaches_every_caller_of_that_batch(engine, photos):
+def test_a_photo_that_breaks_the_shared_forward_fails_alone(engine, photos, singles):
     photo = load_image(structured_photo(64, 48, seed=9), focal_mm=30, name="bad.png")
-    # Two colour channels: the batch cannot even be stacked, so the whole forward fails.
+    # Two colour channels: the batch cannot even be stacked, so the shared forward fails;
+    # the engine retries each photo alone and only the bad one fails.
     bad = dataclasses.replace(photo, pixels=photo.pixels[:, :, :2].copy())
     batcher = Batcher(engine, 8)
     results, errors = run_concurrently(batcher, [photos[0], bad, photos[1]])
-    assert errors[0] is None and results[0] is not None
-    assert errors[1] is not None and errors[1] is errors[2]  # they shared the failed forward
+    assert errors[1] is not None and results[1] is None
+    assert errors[0] is None and errors[2] is None
+    assert_close(results[2], singles[1], FP32_ROUNDING)
+    assert results[2].metadata["timings"].extra["batch_size"] == 1  # predicted on its own
+    assert batcher.batch_sizes == [1, 2]
     # The batcher is not stuck: the next call runs.
     assert batcher.predict(photos[2]).metadata["source"] == photos[2].name
 

@@ -6,6 +6,8 @@ rounding (the ``FP32_ROUNDING`` tolerances of tests/test_precision.py), not bit 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -94,6 +96,50 @@ def test_invalid_batch_sizes_are_config_errors(engine, photos, tiny_checkpoint):
         )
 
 
+def test_a_batch_gives_each_photo_its_own_outcome(engine, photos, singles):
+    """A photo that breaks the shared forward fails alone; the others are retried one by
+    one and get their Gaussians (``Engine.predict_batch``)."""
+    bad = dataclasses.replace(photos[0], pixels=photos[0].pixels[:, :, :2].copy(), name="bad")
+    outcomes = engine.predict_batch([photos[1], bad, photos[2]])
+    assert [o.error is None for o in outcomes] == [True, False, True]
+    assert outcomes[1].gaussians is None
+    with pytest.raises(type(outcomes[1].error)):
+        outcomes[1].unwrap()
+    for outcome, single in zip((outcomes[0], outcomes[2]), singles[1:], strict=True):
+        assert_close(outcome.unwrap(), single, FP32_ROUNDING)
+        assert outcome.unwrap().metadata["timings"].extra["batch_size"] == 1.0
+
+
+def test_a_stage_callback_error_fails_only_its_photo(engine, photos, singles):
+    class Canceled(Exception):
+        pass
+
+    def cancel(stage: str) -> None:
+        if stage == "inference":
+            raise Canceled()
+
+    seen: list[str] = []
+    outcomes = engine.predict_batch(photos, on_stage=[seen.append, cancel, None])
+    assert isinstance(outcomes[1].error, Canceled) and outcomes[1].gaussians is None
+    assert seen == ["preprocess", "inference", "postprocess"]
+    for index in (0, 2):
+        assert_close(outcomes[index].unwrap(), singles[index], FP32_ROUNDING)
+        assert outcomes[index].unwrap().metadata["timings"].extra["batch_size"] == 3.0
+
+
+def test_when_every_photo_is_canceled_the_forward_does_not_run(engine, photos):
+    class Canceled(Exception):
+        pass
+
+    def cancel(stage: str) -> None:
+        raise Canceled(stage)
+
+    outcomes = engine.predict_batch(photos[:2], on_stage=[cancel, cancel])
+    assert [str(o.error) for o in outcomes] == ["preprocess", "preprocess"]
+    with pytest.raises(Canceled, match="preprocess"):
+        engine.predict(photos[0], on_stage=cancel)
+
+
 def test_empty_input_gives_no_results(engine):
     assert engine.predict_many([]) == []
 
@@ -107,8 +153,9 @@ def test_batch_estimate_is_one_off_cuda():
 def test_cuda_batch_estimate_uses_measured_memory(tiny_checkpoint, photos):
     engine = Engine.load(tiny_checkpoint, preset="tiny", device="cuda", download=False)
     engine.predict(photos[0])
-    assert engine._bytes_per_image and engine._bytes_per_image > 0
-    assert estimate_batch_size(engine.device, engine._bytes_per_image) >= 1
+    measured = engine.runtime.bytes_per_image
+    assert measured and measured > 0
+    assert estimate_batch_size(engine.device, measured) >= 1
     results = engine.predict_many(photos)  # default: estimated from free memory
     singles = [engine.predict(p) for p in photos]
     for many, single in zip(results, singles, strict=True):

@@ -59,12 +59,12 @@ def test_a_model_runs_at_a_smaller_resolution_than_its_native_one():
     assert cfg.internal_resolution == 1024 and 512 in cfg.valid_resolutions()
     torch.manual_seed(0)
     model = build_model(cfg)
-    engine = Engine(model, torch.device("cpu"), options=RuntimeOptions(resolution=512))
+    engine = Engine.from_model(model, torch.device("cpu"), options=RuntimeOptions(resolution=512))
     g = engine.predict(load_image(structured_photo(96, 128), focal_mm=24))
     assert len(g) == cfg.num_gaussians // 4 == cfg.num_gaussians_at(512)
     assert np.isfinite(g.positions).all() and (g.positions[:, 2] > 0).all()
     # The same weights at their native resolution: 4x the Gaussians, similar depth range.
-    native = Engine(model, torch.device("cpu")).predict(
+    native = Engine.from_model(model, torch.device("cpu")).predict(
         load_image(structured_photo(96, 128), focal_mm=24)
     )
     assert len(native) == cfg.num_gaussians
@@ -142,7 +142,7 @@ def test_sharp_preset_runs_at_512(tmp_path):
     # Gaussians and a small fraction of the ViT work (64-token tiles instead of 576).
     torch.manual_seed(0)
     model = build_model("sharp")
-    engine = Engine(model, torch.device("cpu"), options=RuntimeOptions(resolution=512))
+    engine = Engine.from_model(model, torch.device("cpu"), options=RuntimeOptions(resolution=512))
     g = engine.predict(load_image(structured_photo(160, 120), focal_mm=30))
     assert len(g) == preset("sharp").num_gaussians // 9
     assert np.isfinite(g.positions).all() and (g.positions[:, 2] > 0).all()

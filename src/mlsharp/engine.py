@@ -28,15 +28,16 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 
+from mlsharp.backends.base import ForwardRuntime
+from mlsharp.backends.torch_runtime import TorchRuntime
 from mlsharp.device import resolve_device
 from mlsharp.errors import ConfigError
 from mlsharp.gaussians import Gaussians
 from mlsharp.imaging import LoadedImage
 from mlsharp.model import SharpConfig, SharpModel, build_model
-from mlsharp.model.composer import ComposedGaussians
-from mlsharp.runtime.memory import MemoryGuard, estimate_batch_size, run_guarded
+from mlsharp.runtime.memory import MemoryGuard, run_guarded
 from mlsharp.runtime.options import RuntimeOptions
-from mlsharp.runtime.precision import check_precision, precision_context
+from mlsharp.runtime.precision import check_precision
 from mlsharp.runtime.transfer import HostTransfer
 from mlsharp.unproject import gaussians_from_host, unproject_tensors
 
@@ -111,47 +112,72 @@ def check_options(options: RuntimeOptions, cfg: SharpConfig, device: torch.devic
             )
 
 
+@dataclass
+class PhotoResult:
+    """What one photo of a batch came to: its Gaussians, or the error that failed it alone.
+
+    :meth:`Engine.predict_batch` returns one per photo, in input order, so a caller that
+    serves several clients (the service's :class:`~mlsharp.runtime.batcher.Batcher`, the
+    CLI) hands each its own outcome.
+    """
+
+    gaussians: Gaussians | None = None
+    error: Exception | None = None
+
+    def unwrap(self) -> Gaussians:
+        """The Gaussians, or raise the photo's error."""
+        if self.error is not None:
+            raise self.error
+        assert self.gaussians is not None
+        return self.gaussians
+
+
+StageCallback = Callable[[str], None]
+
+
+class _AllFailed(Exception):
+    """Raised inside a batch once every photo has an error: nothing is left to compute."""
+
+
 class Engine:
     """A loaded SHARP model on one device; ``predict`` turns a photo into Gaussians.
 
+    The network forward is a :class:`~mlsharp.backends.base.ForwardRuntime` (``torch``
+    by default; see :mod:`mlsharp.backends`); everything around it lives here, the same
+    for every runtime.
+
     Attributes:
-        model: the network (eval mode, on ``device``).
-        device: where the network runs.
+        runtime: what runs the forward.
+        device: the torch device of the pre- and post-processing (the runtime's).
         checkpoint: the weights file, when loaded from one.
         memory_guard: releases cached memory (after an out-of-memory error, and, when a
             long-running process configures it, when idle or above a threshold).
     """
 
-    def __init__(
-        self,
+    def __init__(self, runtime: ForwardRuntime, *, checkpoint: Path | None = None):
+        self.runtime = runtime
+        self.device = runtime.device
+        self.checkpoint = checkpoint
+        self._options = runtime.options
+        self._resolution = runtime.options.resolution or runtime.cfg.internal_resolution
+        self.memory_guard = MemoryGuard(self.device)
+
+    @classmethod
+    def from_model(
+        cls,
         model: SharpModel,
         device: torch.device,
         *,
         checkpoint: Path | None = None,
         options: RuntimeOptions | None = None,
-    ):
+    ) -> Engine:
+        """An engine running ``model`` (already on ``device``) with the torch runtime.
+
+        Raises :class:`ConfigError` when ``options`` cannot run for the model on ``device``.
+        """
         options = options or RuntimeOptions()
         check_options(options, model.cfg, device)
-        self.model = model.eval()
-        self.device = device
-        self.checkpoint = checkpoint
-        self._options = options
-        self._resolution = options.resolution or model.internal_resolution
-        self.memory_guard = MemoryGuard(device)
-        if options.channels_last:
-            model.set_memory_format(torch.channels_last)
-        forward: Callable[..., ComposedGaussians] = model
-        if options.compile:
-            forward = torch.compile(model, dynamic=False)
-        self._graphs = None
-        if options.cuda_graphs:
-            from mlsharp.runtime.cuda_graphs import CudaGraphForward
-
-            self._graphs = CudaGraphForward(forward, device)
-            forward = self._graphs
-        self._forward = forward
-        #: Peak bytes of one image's forward, measured on CUDA (for the batch estimate).
-        self._bytes_per_image: int | None = None
+        return cls(TorchRuntime(model, device, options), checkpoint=checkpoint)
 
     @classmethod
     def load(
@@ -180,7 +206,14 @@ class Engine:
         state_dict = weights.load_state_dict(path)
         model = build_model(preset, device="meta")
         weights.load_into(model, state_dict, what=str(path), preset=preset)
-        return cls(model.to(torch_device), torch_device, checkpoint=path, options=options)
+        return cls.from_model(
+            model.to(torch_device), torch_device, checkpoint=path, options=options
+        )
+
+    @property
+    def model(self) -> SharpModel | None:
+        """The PyTorch network when the torch runtime runs it, else ``None``."""
+        return getattr(self.runtime, "model", None)
 
     @property
     def options(self) -> RuntimeOptions:
@@ -195,25 +228,24 @@ class Engine:
     @property
     def num_gaussians(self) -> int:
         """Gaussians predicted per image at the engine's resolution."""
-        return self.model.cfg.num_gaussians_at(self._resolution)
+        return self.runtime.cfg.num_gaussians_at(self._resolution)
 
-    def predict(
-        self, image: LoadedImage, *, on_stage: Callable[[str], None] | None = None
-    ) -> Gaussians:
+    def predict(self, image: LoadedImage, *, on_stage: StageCallback | None = None) -> Gaussians:
         """Predict metric 3D Gaussians for one decoded image.
 
         ``on_stage`` is called with ``"preprocess"``, ``"inference"`` and ``"postprocess"``
-        as each stage starts (the service turns them into job progress). The returned
+        as each stage starts (the service turns them into job progress); an error it
+        raises (a cancelled job) ends the prediction and is raised here. The returned
         ``Gaussians.metadata["timings"]`` holds a :class:`StageTimes`. Raises
         :class:`~mlsharp.errors.OutOfMemory` when the device runs out of memory.
         """
-        return self.predict_many([image], on_stage=on_stage, batch_size=1)[0]
+        return self.predict_batch([image], on_stage=[on_stage])[0].unwrap()
 
     def predict_many(
         self,
         images: Sequence[LoadedImage],
         *,
-        on_stage: Callable[[str], None] | None = None,
+        on_stage: StageCallback | None = None,
         batch_size: int | None = None,
     ) -> list[Gaussians]:
         """Predict several images, ``batch_size`` per forward; results in input order.
@@ -221,7 +253,9 @@ class Engine:
         Each image keeps its own focal length and size. ``batch_size`` defaults to the
         options' batch size, else to what fits in free CUDA memory (measured on the
         first image), else 1. ``on_stage`` is called per batch as in :meth:`predict`.
-        The results equal one-at-a-time predictions up to float rounding.
+        The results equal one-at-a-time predictions up to float rounding. A batch that
+        fails is retried photo by photo (see :meth:`predict_batch`); the first photo
+        that fails on its own raises its error.
         """
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
@@ -230,24 +264,80 @@ class Engine:
         while start < len(images):
             size = batch_size or self.suggested_batch_size()
             chunk = images[start : start + size]
-            results += self._guarded(
-                lambda chunk=chunk: self._predict_batch(chunk, on_stage or (lambda stage: None)),
-                len(chunk),
-            )
+            callbacks = [on_stage, *[None] * (len(chunk) - 1)]  # once per batch
+            results += [r.unwrap() for r in self.predict_batch(chunk, on_stage=callbacks)]
             start += len(chunk)
         return results
+
+    def predict_batch(
+        self,
+        images: Sequence[LoadedImage],
+        *,
+        on_stage: Sequence[StageCallback | None] | None = None,
+    ) -> list[PhotoResult]:
+        """Predict ``images`` in one forward; one :class:`PhotoResult` per image, in order.
+
+        Failures stay with their photo:
+
+        * ``on_stage`` holds one stage callback per photo (or ``None``); an ``Exception``
+          a callback raises (its job was cancelled) becomes that photo's error and the
+          others go on. When every photo has failed, the work stops.
+        * when the shared forward fails (out of memory, or a photo that cannot be
+          processed), each photo still without an error is predicted again on its own,
+          so only a photo that fails alone gets an error.
+        """
+        callbacks = list(on_stage) if on_stage is not None else [None] * len(images)
+        if len(callbacks) != len(images):
+            raise ValueError("one stage callback (or None) per image")
+        outcomes = [PhotoResult() for _ in images]
+        if not images:
+            return outcomes
+
+        def report(stage: str) -> None:
+            for outcome, callback in zip(outcomes, callbacks, strict=True):
+                if outcome.error is None and callback is not None:
+                    try:
+                        callback(stage)
+                    except Exception as error:  # e.g. JobCanceled: this photo only
+                        outcome.error = error
+            if all(outcome.error is not None for outcome in outcomes):
+                raise _AllFailed()
+
+        failure: Exception | None = None
+        try:
+            results = self._guarded(lambda: self._predict_batch(images, report), len(images))
+        except _AllFailed:
+            return outcomes
+        except Exception as error:
+            failure = error
+        else:
+            for outcome, gaussians in zip(outcomes, results, strict=True):
+                if outcome.error is None:
+                    outcome.gaussians = gaussians
+            return outcomes
+        live = [i for i, outcome in enumerate(outcomes) if outcome.error is None]
+        if len(live) <= 1:  # nothing to split: the failure is this photo's own
+            for i in live:
+                outcomes[i].error = failure
+            return outcomes
+        # Outside the except block, so nothing of the failed forward (its traceback and
+        # tensors) is kept alive while the photos run one by one.
+        del failure
+        for i in live:
+            outcomes[i] = self.predict_batch([images[i]], on_stage=[callbacks[i]])[0]
+        return outcomes
 
     def warmup(self, batch_size: int = 1) -> None:
         """Run one forward on a blank input (compiles / captures graphs ahead of time)."""
         size = self._resolution
         image = torch.zeros(batch_size, 3, size, size, device=self.device)
         factor = torch.ones(batch_size, device=self.device)
-        self._guarded(lambda: self._run_forward(image, factor), batch_size)
+        self._guarded(lambda: self.runtime.run(image, factor), batch_size)
 
     def suggested_batch_size(self) -> int:
-        """Photos per forward: the options' batch size, else as many as fit in 80 % of the
-        free CUDA memory (known once a forward was measured), else 1 (CPU, MPS)."""
-        return self._options.batch_size or estimate_batch_size(self.device, self._bytes_per_image)
+        """Photos per forward: the options' batch size, else the runtime's estimate (on
+        CUDA as many as fit in 80 % of the free memory once a forward was measured), else 1."""
+        return self._options.batch_size or self.runtime.suggested_batch_size()
 
     def _describe(self, batch: int) -> tuple[str, str]:
         """What ran (device aside) and what to lower, for an out-of-memory message."""
@@ -256,7 +346,7 @@ class Engine:
             f"running {batch} image{'s' if batch > 1 else ''} at {size}x{size} px "
             f"in {self._options.precision}"
         )
-        lower = [v for v in self.model.cfg.valid_resolutions() if v < size]
+        lower = [v for v in self.runtime.cfg.valid_resolutions() if v < size]
         hints = []
         if self._options.precision in ("fp32", "tf32"):
             hints.append("a lower precision (bf16 or fp16)")
@@ -278,20 +368,8 @@ class Engine:
                 release=lambda: self.memory_guard.release("oom"),
             )
         except BaseException:
-            if self._graphs is not None:
-                self._graphs.reset()  # a capture may have failed half-way
+            self.runtime.reset()  # e.g. a CUDA graph capture that failed half-way
             raise
-
-    def _run_forward(self, image: torch.Tensor, factor: torch.Tensor) -> ComposedGaussians:
-        """The network forward under the engine's precision policy."""
-        # Autocast's weight cache cannot live across CUDA graph captures.
-        with (
-            torch.inference_mode(),
-            precision_context(
-                self._options.precision, self.device, autocast_cache=self._graphs is None
-            ),
-        ):
-            return self._forward(image, factor)
 
     def _predict_batch(
         self, images: Sequence[LoadedImage], report: Callable[[str], None]
@@ -322,16 +400,9 @@ class Engine:
 
         report("inference")
         start = time.perf_counter()
-        measure = self.device.type == "cuda"
-        if measure:
-            baseline = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        composed = self._run_forward(resized, factors)
+        composed = self.runtime.run(resized, factors)
         _synchronize(self.device)
         times.inference = time.perf_counter() - start
-        if measure:
-            peak = torch.cuda.max_memory_allocated(self.device) - baseline
-            self._bytes_per_image = max(self._bytes_per_image or 0, peak // count)
 
         report("postprocess")
         start = time.perf_counter()

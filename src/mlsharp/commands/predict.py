@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlsharp.config import Settings
-from mlsharp.errors import MlsharpError, OutOfMemory, OutputError, OutputExists
+from mlsharp.errors import MlsharpError, OutputError, OutputExists
 from mlsharp.imaging import check_focal_mm, is_supported_path
 
 if TYPE_CHECKING:
     from mlsharp.engine import Engine
+    from mlsharp.gaussians import Gaussians
+    from mlsharp.imaging import LoadedImage
 
 
 @dataclass
@@ -153,13 +155,50 @@ def run_predict(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         options=settings.runtime_options(),
     )
-    if _batching(settings.batch_size, engine, len(plan.jobs)):  # docs/runtime.md
-        engine = BatchedPredictions(engine, plan.jobs, focal_mm=args.focal_mm)  # type: ignore[assignment]
     failed = len(plan.failures)
-    bar = tqdm(plan.jobs, desc="predict", unit="image", file=sys.stderr, disable=args.quiet)
-    for job in bar:
+    bar = tqdm(
+        total=len(plan.jobs), desc="predict", unit="image", file=sys.stderr, disable=args.quiet
+    )
+    start = 0
+    while start < len(plan.jobs):
+        # Asked before each batch: on CUDA the estimate grows once a forward was measured.
+        batch = plan.jobs[start : start + engine.suggested_batch_size()]
+        start += len(batch)
+        failed += _predict_batch(engine, batch, args=args, frame=frame)
+        bar.update(len(batch))
+    bar.close()
+    done = len(plan.jobs) + len(plan.failures) - failed
+    if failed:
+        _report(f"{done} of {done + failed} images done, {failed} failed")
+    return 1 if failed else 0
+
+
+def _predict_batch(
+    engine: Engine, jobs: list[Job], *, args: argparse.Namespace, frame: str | None
+) -> int:
+    """Decode ``jobs``' photos, predict them in one forward, write each photo's files;
+    one line per photo. Returns how many failed (each failure stays with its photo)."""
+    from mlsharp.imaging import load_image
+
+    decoded: list[tuple[Job, LoadedImage, float]] = []
+    failed = 0
+    for job in jobs:
+        start = time.perf_counter()
         try:
-            _predict_one(engine, job, focal_mm=args.focal_mm, overwrite=args.overwrite, frame=frame)
+            image = load_image(job.source, focal_mm=args.focal_mm)
+        except MlsharpError as error:
+            failed += 1
+            _report(f"failed {job.source}: {error}")
+            continue
+        decoded.append((job, image, time.perf_counter() - start))
+    if not decoded:
+        return failed
+    results = engine.predict_batch([image for _, image, _ in decoded])
+    for (job, image, decode), result in zip(decoded, results, strict=True):
+        try:
+            _write_one(
+                job, image, result.unwrap(), decode=decode, overwrite=args.overwrite, frame=frame
+            )
         except MlsharpError as error:
             failed += 1
             _report(f"failed {job.source}: {error}")
@@ -167,100 +206,21 @@ def run_predict(args: argparse.Namespace) -> int:
             failed += 1
             where = error.filename or next(iter(job.outputs.values()))
             _report(f"failed {job.source}: cannot write {where}: {error.strerror or error}")
-    done = len(plan.jobs) + len(plan.failures) - failed
-    if failed:
-        _report(f"{done} of {done + failed} images done, {failed} failed")
-    return 1 if failed else 0
+    return failed
 
 
-def _batching(batch_size: int | None, engine: Any, photos: int) -> bool:
-    """Whether to predict several photos per forward: when asked to (``--batch-size N``
-    above 1), or by default on CUDA, where the engine sizes batches by free memory."""
-    if photos < 2:
-        return False
-    if batch_size is not None:
-        return batch_size > 1
-    return engine.device.type == "cuda"
-
-
-class BatchedPredictions:
-    """Stands in for the engine in the per-photo loop and predicts photos in batches.
-
-    The loop calls ``predict(image)`` once per job, in job order. On a photo not predicted
-    yet, this decodes it and the next ``batch_size - 1`` jobs' photos and predicts them in
-    one ``Engine.predict_many``; later calls return the stored results. A photo whose
-    decode fails here is left out of the batch (the loop reports its error itself). The
-    batch size is the engine's :meth:`~mlsharp.engine.Engine.suggested_batch_size`, asked
-    before each batch; a batch that runs out of memory is predicted again photo by photo.
-    """
-
-    def __init__(self, engine: Engine, jobs: list[Job], *, focal_mm: float | None) -> None:
-        self.engine = engine
-        self.jobs = jobs
-        self.focal_mm = focal_mm
-        self._cursor = 0
-        self._results: dict[int, Any] = {}
-
-    def predict(self, image: Any) -> Any:
-        """The Gaussians of ``image`` (the photo of the next job with its name)."""
-        from mlsharp.imaging import load_image
-
-        index = next(
-            (i for i in range(self._cursor, len(self.jobs)) if _label(self.jobs[i]) == image.name),
-            None,
-        )
-        if index is None:  # not one of the planned jobs: predict it alone
-            return self.engine.predict(image)
-        self._cursor = index + 1
-        if index not in self._results:
-            batch, images = [index], [image]
-            size = self.engine.suggested_batch_size()
-            for other in range(index + 1, min(index + size, len(self.jobs))):
-                try:
-                    images.append(load_image(self.jobs[other].source, focal_mm=self.focal_mm))
-                except MlsharpError:
-                    continue  # its own turn in the loop reports the error
-                batch.append(other)
-            self._results.update(zip(batch, self._predict(images), strict=True))
-        result = self._results.pop(index)
-        if isinstance(result, OutOfMemory):
-            raise result
-        return result
-
-    def _predict(self, images: list[Any]) -> list[Any]:
-        """The Gaussians of ``images``: one forward, or one each if together they do not
-        fit in memory (an out-of-memory error of a single photo is stored as its result
-        and raised when the loop asks for it)."""
-        try:
-            return self.engine.predict_many(images, batch_size=len(images))
-        except OutOfMemory:
-            if len(images) == 1:
-                raise
-        results: list[Any] = []
-        for image in images:
-            try:
-                results.append(self.engine.predict(image))
-            except OutOfMemory as error:
-                results.append(error)
-        return results
-
-
-def _label(job: Job) -> str:
-    """The name ``load_image`` gives the photo of ``job`` (a mismatch only costs batching)."""
-    return "".join(ch if ch.isprintable() else "?" for ch in job.source.name)
-
-
-def _predict_one(
-    engine: Engine, job: Job, *, focal_mm: float | None, overwrite: bool, frame: str | None
+def _write_one(
+    job: Job,
+    image: LoadedImage,
+    gaussians: Gaussians,
+    *,
+    decode: float,
+    overwrite: bool,
+    frame: str | None,
 ) -> None:
-    """Decode, predict and write one photo in every format, then print its timing line."""
+    """Write one photo's Gaussians in every format, then print its timing line."""
     from mlsharp import splat
-    from mlsharp.imaging import load_image
 
-    start = time.perf_counter()
-    image = load_image(job.source, focal_mm=focal_mm)
-    decode = time.perf_counter() - start
-    gaussians = engine.predict(image)
     start = time.perf_counter()
     if not overwrite:
         for dest in job.outputs.values():

@@ -8,10 +8,11 @@ is idle runs at once, alone, and the photos that arrive while a forward runs sha
 next one. That is the "continuous batching" of inference servers, which keeps latency
 low when traffic is light and fills the GPU when it is heavy.
 
-Failures stay per photo. A stage callback that raises (a job cancelled meanwhile) fails
-only its own caller; the batch goes on. A batch that runs out of memory is retried one
-photo at a time, so a burst of jobs never fails because it was batched; a photo that does
-not fit on its own fails with :class:`~mlsharp.errors.OutOfMemory` as it would unbatched.
+Failures stay per photo, as :meth:`Engine.predict_batch` returns them: a stage callback
+that raises (a job cancelled meanwhile) fails only its own caller, and a shared forward
+that fails (out of memory, one bad photo) is retried by the engine one photo at a time,
+so a burst of jobs never fails because it was batched. The batcher only hands each
+caller its own outcome.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-from mlsharp.errors import OutOfMemory
 
 if TYPE_CHECKING:
     from mlsharp.engine import Engine
@@ -38,15 +37,6 @@ class _Request:
     result: Gaussians | None = None
     error: BaseException | None = None
     done: bool = False
-
-    def report(self, stage: str) -> None:
-        """Forward ``stage`` to the caller's callback; its error fails this request only."""
-        if self.error is not None or self.on_stage is None:
-            return
-        try:
-            self.on_stage(stage)
-        except Exception as error:  # e.g. JobCanceled: this caller gets it, not the batch
-            self.error = error
 
 
 class Batcher:
@@ -112,41 +102,23 @@ class Batcher:
 
     def _run(self, batch: list[_Request]) -> None:
         """Predict ``batch`` and settle every request in it (result or error)."""
-        live = [request for request in batch if request.error is None]
-        self._settle([request for request in batch if request.error is not None], None)
-        if not live:
-            return
-        self.batch_sizes.append(len(live))
+        self.batch_sizes.append(len(batch))
         if self._on_batch is not None:
-            self._on_batch(len(live))
-        failure: BaseException | None = None
+            self._on_batch(len(batch))
         try:
-            self._predict(live)
-        except Exception as error:  # each caller raises it in its own thread
-            failure = error
-        except BaseException as error:  # KeyboardInterrupt, SystemExit: settle, then go
-            self._settle(live, error)
-            raise
-        if isinstance(failure, OutOfMemory) and len(live) > 1:
-            # The batch did not fit: each photo on its own. Outside the except block, so
-            # nothing of the failed forward is kept alive while they run.
-            failure = None
-            for request in live:
-                self._run([request])
+            outcomes = self.engine.predict_batch(
+                [request.image for request in batch],
+                on_stage=[request.on_stage for request in batch],
+            )
+        except Exception as error:  # not a photo's own failure: each caller raises it
+            self._settle(batch, error)
             return
-        self._settle(live, failure)
-
-    def _predict(self, batch: list[_Request]) -> None:
-        def report(stage: str) -> None:
-            for request in batch:
-                request.report(stage)
-
-        results = self.engine.predict_many(
-            [request.image for request in batch], on_stage=report, batch_size=len(batch)
-        )
-        for request, result in zip(batch, results, strict=True):
-            if request.error is None:
-                request.result = result
+        except BaseException as error:  # KeyboardInterrupt, SystemExit: settle, then go
+            self._settle(batch, error)
+            raise
+        for request, outcome in zip(batch, outcomes, strict=True):
+            request.result, request.error = outcome.gaussians, outcome.error
+        self._settle(batch, None)
 
     @staticmethod
     def _settle(batch: list[_Request], error: BaseException | None) -> None:

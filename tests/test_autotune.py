@@ -346,7 +346,10 @@ def test_bad_arguments_are_config_errors(cache, tiny_checkpoint):
 @pytest.mark.slow  # the whole CPU search (5 model loads) in a subprocess: ~1 min on 2 cores
 def test_autotune_cli_on_cpu_then_doctor_shows_it(run_cli, tiny_checkpoint, tmp_path):
     args = ["--preset", "tiny", "--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
-    result = run_cli("autotune", *args, "--runs", "1", "--warmup", "0", "--json")
+    # torch only: the other backends' candidates are tested in tests/test_backends.py.
+    result = run_cli(
+        "autotune", *args, "--runs", "1", "--warmup", "0", "--json", "--backend", "torch"
+    )
     assert result.returncode == 0, result.stderr
     tuned = json.loads(result.stdout)
     assert tuned["from_cache"] is False
@@ -371,7 +374,7 @@ def test_autotune_cli_on_cpu_then_doctor_shows_it(run_cli, tiny_checkpoint, tmp_
     cache_files = list((tmp_path / "cache" / "autotune").glob("*.json"))
     assert len(cache_files) == 1 and json.loads(cache_files[0].read_text())["best"] == tuned["best"]
 
-    text = run_cli("autotune", *args)
+    text = run_cli("autotune", *args, "--backend", "torch")
     assert text.returncode == 0, text.stderr
     assert "cached result from" in text.stdout and "chosen: " in text.stdout
     assert text.stdout.splitlines()[1].split()[:3] == ["candidate", "time", "forward"]

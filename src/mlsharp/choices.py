@@ -5,9 +5,20 @@ Kept apart from :mod:`mlsharp.config` so ``mlsharp --help`` needs no pydantic im
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 PRESET_CHOICES: tuple[str, ...] = ("sharp", "tiny")
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
+
+#: What runs the network forward (docs/hardware.md): ``torch`` (the reference), ``openvino``
+#: and ``onnxruntime`` (optional extras), or ``auto`` (torch on GPUs; on a CPU the backend
+#: ``mlsharp autotune`` measured fastest within the accuracy guard, else torch).
+Backend = Literal["auto", "torch", "openvino", "onnxruntime"]
+BACKEND_CHOICES: tuple[str, ...] = get_args(Backend)
+#: File formats of ``mlsharp export --runtime``: an OpenVINO IR or an ONNX file.
+ExportRuntime = Literal["openvino", "onnx"]
+EXPORT_RUNTIME_CHOICES: tuple[str, ...] = get_args(ExportRuntime)
 
 
 def check_device_name(value: str) -> str:

@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from mlsharp._version import __version__
-from mlsharp.choices import LOG_FORMATS, PRESET_CHOICES, check_device_name
+from mlsharp.choices import (
+    BACKEND_CHOICES,
+    EXPORT_RUNTIME_CHOICES,
+    LOG_FORMATS,
+    PRESET_CHOICES,
+    check_device_name,
+)
 from mlsharp.errors import MlsharpError
 from mlsharp.runtime.options import PRECISION_CHOICES
 
@@ -41,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("mlsharp.commands.doctor", "run_doctor"),
     "autotune": ("mlsharp.commands.autotune", "run_autotune"),
     "render": ("mlsharp.commands.render", "run_render"),
+    "export": ("mlsharp.commands.export", "run_export"),
 }
 
 # Runners that also take the parser (to print their own usage).
@@ -73,6 +80,34 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         metavar="{auto,cpu,cuda,cuda:N,mps}",
         help="compute device (default: auto = cuda, then mps, then cpu); $MLSHARP_DEVICE",
     )
+
+
+def _add_backend_options(parser: argparse.ArgumentParser, *, int8: bool = True) -> None:
+    """``--backend``, ``--backend-device`` and (with ``int8``) ``--int8-weights``
+    (docs/hardware.md)."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        help="what runs the network: auto (default: torch on GPUs; on a CPU the backend "
+        "`mlsharp autotune` measured fastest within the accuracy guard, else torch), torch, "
+        "openvino or onnxruntime (extras: pip install mlsharp[openvino] / mlsharp[onnx]); "
+        "$MLSHARP_BACKEND",
+    )
+    parser.add_argument(
+        "--backend-device",
+        metavar="DEVICE",
+        help="openvino: CPU (default), GPU, NPU or AUTO; onnxruntime: providers in order, "
+        "e.g. qnn,dml,cuda,cpu (default: cuda, dml, coreml when present, then cpu); "
+        "$MLSHARP_BACKEND_DEVICE",
+    )
+    if int8:
+        parser.add_argument(
+            "--int8-weights",
+            action="store_true",
+            default=None,
+            help="run the network with 8-bit weight-only compressed weights (openvino, "
+            "onnxruntime); check its error with `mlsharp autotune`; $MLSHARP_INT8_WEIGHTS",
+        )
 
 
 def _add_runtime_options(parser: argparse.ArgumentParser, *, batching: bool = True) -> None:
@@ -155,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ply-standard and splat, opengl for spz; see docs/formats.md)",
     )
     _add_runtime_options(predict)
+    _add_backend_options(predict)
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument("--offline", action="store_true", help="never download the checkpoint")
     predict.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -181,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, help="in-process inference workers (default 1; 0: API only)"
     )
     _add_runtime_options(serve)
+    _add_backend_options(serve)
     serve.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json logs")
     serve.add_argument(
         "--offline", action="store_true", default=None, help="never download the checkpoint"
@@ -211,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--config", metavar="FILE", help="YAML, JSON or TOML settings file")
     _add_model_options(worker)
     _add_runtime_options(worker, batching=False)  # a worker runs one job at a time
+    _add_backend_options(worker)
     worker.add_argument(
         "--offline", action="store_true", default=None, help="never download the checkpoint"
     )
@@ -267,7 +305,49 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     _add_runtime_commands(commands)
     _add_render_command(commands)
+    _add_export_command(commands)
     return parser
+
+
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
+    """Sub-parser of ``export`` (docs/hardware.md)."""
+    export = commands.add_parser(
+        "export",
+        help="write the network as an OpenVINO IR or ONNX file (+ manifest.json)",
+        description="Export the network (image + disparity factor -> the Gaussians' tensors) at "
+        "one internal resolution as an OpenVINO IR or an ONNX file with external weights, "
+        "then run it and torch fp32 on the same test image and print the error per output.",
+    )
+    export.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    export.add_argument(
+        "--runtime",
+        choices=EXPORT_RUNTIME_CHOICES,
+        default="openvino",
+        help="openvino (IR .xml + .bin, default) or onnx (.onnx + .onnx.data, opset 20)",
+    )
+    _add_model_options(export)
+    export.add_argument(
+        "--resolution", type=int, metavar="PX", help="internal resolution (default: the preset's)"
+    )
+    export.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="fp32 (default); fp16 stores OpenVINO weights in half precision; bf16 is an "
+        "OpenVINO inference mode (the files stay fp32) recorded in the manifest",
+    )
+    export.add_argument(
+        "--weights",
+        choices=("float", "int8"),
+        default="float",
+        help="int8: weight-only 8-bit compression (NNCF for openvino, MatMulNBits for onnx)",
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace files in DIR")
+    export.add_argument(
+        "--no-verify", action="store_true", help="skip the comparison with torch fp32"
+    )
+    export.add_argument("--offline", action="store_true", help="never download the checkpoint")
+    export.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
 
 
 #: Mirrors mlsharp.render.TRAJECTORIES / BACKENDS (kept here so ``--help`` imports nothing).
@@ -343,6 +423,7 @@ def _add_runtime_commands(commands: argparse._SubParsersAction) -> None:
         "--checkpoint", metavar="PATH|URL", help="checkpoint to check (default as for predict)"
     )
     doctor.add_argument("--preset", choices=PRESET_CHOICES, help="preset to check it against")
+    _add_backend_options(doctor, int8=False)
 
     autotune = commands.add_parser(
         "autotune",
@@ -367,6 +448,15 @@ def _add_runtime_commands(commands: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="try torch.compile (default: on CUDA only)",
+    )
+    autotune.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        help="backends to measure besides the torch reference: auto (default: every "
+        "installed one on a CPU, torch only on GPUs), torch, openvino or onnxruntime",
+    )
+    autotune.add_argument(
+        "--backend-device", metavar="DEVICE", help="as for predict (openvino/onnxruntime)"
     )
     autotune.add_argument("--force", action="store_true", help="measure even if cached")
     autotune.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -27,7 +27,13 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from mlsharp.choices import DEVICE_CHOICES, LOG_FORMATS, PRESET_CHOICES, check_device_name
+from mlsharp.choices import (
+    DEVICE_CHOICES,
+    LOG_FORMATS,
+    PRESET_CHOICES,
+    Backend,
+    check_device_name,
+)
 from mlsharp.errors import ConfigError
 from mlsharp.runtime.options import RuntimeOptions
 
@@ -145,6 +151,20 @@ class Settings(BaseSettings):
     )
     batch_size: int | None = Field(
         None, ge=1, le=64, description="images per forward in batches (default: by memory)"
+    )
+    backend: Backend = Field(
+        "auto",
+        description="what runs the network: auto, torch, openvino or onnxruntime "
+        "(docs/hardware.md)",
+    )
+    backend_device: str | None = Field(
+        None,
+        max_length=200,
+        description="OpenVINO device (CPU, GPU, NPU, AUTO) or ONNX Runtime providers in order "
+        "(e.g. qnn,dml,cuda,cpu)",
+    )
+    int8_weights: bool = Field(
+        False, description="8-bit weight-only compressed network (openvino, onnxruntime)"
     )
     memory_release_idle_seconds: float = Field(
         0.0, ge=0, description="release cached device memory after this long idle (0: never)"
@@ -301,7 +321,19 @@ class Settings(BaseSettings):
         parse_rate(value)
         return value
 
-    @field_validator("log_level", "log_format", "preset", mode="before")
+    @field_validator("backend_device")
+    @classmethod
+    def _check_backend_device(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not re.fullmatch(r"[A-Za-z0-9_.,: -]+", value):
+            raise ValueError(
+                "backend_device names an OpenVINO device (CPU, GPU, GPU.1, NPU, AUTO) or "
+                "comma-separated ONNX Runtime providers (letters, digits, . _ , : -)"
+            )
+        return value.strip()
+
+    @field_validator("log_level", "log_format", "preset", "backend", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
@@ -354,6 +386,9 @@ class Settings(BaseSettings):
             resolution=self.resolution,
             fast_postprocess=self.fast_postprocess,
             batch_size=self.batch_size,
+            backend=self.backend,
+            backend_device=self.backend_device,
+            int8_weights=self.int8_weights,
         )
 
     def rate(self) -> tuple[int, float] | None:

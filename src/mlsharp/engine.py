@@ -90,13 +90,55 @@ def check_resolution(cfg: SharpConfig, resolution: int) -> None:
     )
 
 
+def network_inputs(
+    images: Sequence[LoadedImage], size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward's inputs: the images resized to ``size``² (B, 3, S, S) and their
+    disparity factors (focal length in px / width, (B,)), on ``device``."""
+    with torch.inference_mode():
+        resized = torch.cat(
+            [
+                # Bilinear with align_corners=True, as the reference resizes.
+                F.interpolate(
+                    torch.from_numpy(image.to_float32()).to(device).permute(2, 0, 1)[None],
+                    size=(size, size),
+                    mode="bilinear",
+                    align_corners=True,
+                )
+                for image in images
+            ]
+        )
+        factors = torch.tensor(
+            [image.focal_px / image.width for image in images], dtype=torch.float32
+        ).to(device)
+    return resized, factors
+
+
+def engine_device(device: str, options: RuntimeOptions) -> torch.device:
+    """The torch device of an engine: ``device`` resolved, except that ``auto`` is the
+    CPU for openvino and onnxruntime (they run the forward on their own device, the
+    pre- and post-processing around it runs on the CPU)."""
+    if options.backend not in ("torch", "auto") and device == "auto":
+        device = "cpu"
+    return resolve_device(device)
+
+
 def check_options(options: RuntimeOptions, cfg: SharpConfig, device: torch.device) -> None:
-    """Raise :class:`ConfigError` when ``options`` cannot run for ``cfg`` on ``device``."""
-    check_precision(options.precision, device)
+    """Raise :class:`ConfigError` when ``options`` cannot run for ``cfg`` on ``device``.
+
+    For ``auto`` and torch this checks the torch modes; openvino and onnxruntime are
+    checked by :func:`mlsharp.backends.select.check_backend_options`.
+    """
+    from mlsharp.backends.select import check_backend_options
+
     if options.resolution is not None:
         check_resolution(cfg, options.resolution)
     if options.batch_size is not None and options.batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {options.batch_size}")
+    if options.backend not in ("torch", "auto"):
+        check_backend_options(options, device)
+        return
+    check_precision(options.precision, device)
     if options.cuda_graphs and device.type != "cuda":
         raise ConfigError(f"CUDA graphs need a CUDA device; the engine runs on {device}")
     if options.compile:
@@ -198,11 +240,18 @@ class Engine:
         cannot run (checked before the weights are read).
         """
         from mlsharp import weights
+        from mlsharp.backends.select import load_runtime, resolve_options
         from mlsharp.model import preset as preset_config
 
-        torch_device = resolve_device(device)
-        check_options(options or RuntimeOptions(), preset_config(preset), torch_device)
+        options = options or RuntimeOptions()
+        cfg = preset_config(preset)
+        torch_device = engine_device(device, options)
+        check_options(options, cfg, torch_device)
         path = weights.resolve_checkpoint(checkpoint, download=download, progress=progress)
+        options, _ = resolve_options(options, torch_device, checkpoint=path, preset=preset)
+        if options.backend != "torch":
+            runtime = load_runtime(path, cfg, preset, options, progress=progress)
+            return cls(runtime, checkpoint=path)
         state_dict = weights.load_state_dict(path)
         model = build_model(preset, device="meta")
         weights.load_into(model, state_dict, what=str(path), preset=preset)
@@ -378,23 +427,7 @@ class Engine:
         times = StageTimes()
         report("preprocess")
         start = time.perf_counter()
-        size = self._resolution
-        with torch.inference_mode():
-            resized = torch.cat(
-                [
-                    # Bilinear with align_corners=True, as the reference resizes.
-                    F.interpolate(
-                        torch.from_numpy(image.to_float32()).to(self.device).permute(2, 0, 1)[None],
-                        size=(size, size),
-                        mode="bilinear",
-                        align_corners=True,
-                    )
-                    for image in images
-                ]
-            )
-            factors = torch.tensor(
-                [image.focal_px / image.width for image in images], dtype=torch.float32
-            ).to(self.device)
+        resized, factors = network_inputs(images, self._resolution, self.device)
         _synchronize(self.device)
         times.preprocess = time.perf_counter() - start
 

@@ -97,6 +97,8 @@ def run_autotune(args: argparse.Namespace) -> int:
         compile=args.compile,
         download=not (args.offline or settings.offline),
         progress=not (args.quiet or args.json),
+        backend=getattr(args, "backend", None),
+        backend_device=getattr(args, "backend_device", None),
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

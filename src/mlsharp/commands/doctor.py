@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from mlsharp.backends.select import BackendStatus
 from mlsharp.runtime.devices import GpuDevice, SystemProbe
 from mlsharp.runtime.doctor import DoctorReport
 
@@ -90,6 +91,14 @@ def _accelerator_lines(s: SystemProbe) -> list[tuple[str, str]]:
     return rows
 
 
+def _backend_line(backend: BackendStatus) -> str:
+    if not backend.installed:
+        return f"{backend.name}: not installed ({backend.note})"
+    devices = ", ".join(backend.devices) or "none"
+    note = f"; {backend.note}" if backend.note else ""
+    return f"{backend.name} {backend.version}: {devices}{note}"
+
+
 def _checkpoint_line(report: DoctorReport) -> str:
     c = report.checkpoint
     where = f"{c.path} ({c.source})"
@@ -130,6 +139,10 @@ def format_report(report: DoctorReport) -> str:
     rows += [("", line) for line in tuned[1:]]
     if report.render:
         rows.append(("Render", report.render))
+    for index, backend in enumerate(report.backends):
+        rows.append(("Backends" if index == 0 else "", _backend_line(backend)))
+    if report.auto_backend:
+        rows.append(("--backend", report.auto_backend))
     lines = [f"{label:<{LABEL_WIDTH}} {value}".rstrip() for label, value in rows]
     lines.append("")
     for finding in report.findings:
@@ -152,8 +165,17 @@ def run_doctor(args: argparse.Namespace) -> int:
 
     # Settings for the preset ($MLSHARP_PRESET, config file); the checkpoint is located by
     # examine() itself so the report can say which setting chose it.
-    settings = Settings.from_env(preset=args.preset)
-    report = examine(args.checkpoint, preset=settings.preset)
+    settings = Settings.from_env(
+        preset=args.preset,
+        backend=getattr(args, "backend", None),
+        backend_device=getattr(args, "backend_device", None),
+    )
+    report = examine(
+        args.checkpoint,
+        preset=settings.preset,
+        backend=settings.backend,
+        precision=settings.precision,
+    )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

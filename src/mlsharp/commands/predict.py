@@ -135,6 +135,9 @@ def run_predict(args: argparse.Namespace) -> int:
         precision=getattr(args, "precision", None),
         resolution=getattr(args, "resolution", None),
         batch_size=getattr(args, "batch_size", None),
+        backend=getattr(args, "backend", None),
+        backend_device=getattr(args, "backend_device", None),
+        int8_weights=getattr(args, "int8_weights", None),
     )
     check_focal_mm(args.focal_mm)  # once, before any work, rather than once per image
     outdir = Path(args.output)

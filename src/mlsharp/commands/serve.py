@@ -30,6 +30,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "precision",
             "resolution",
             "batch_size",
+            "backend",
+            "backend_device",
+            "int8_weights",
         )
     }
     settings = Settings.load(getattr(args, "config", None), **flags)
@@ -55,13 +58,11 @@ def check_runtime_options(settings: Settings) -> None:
     """Raise :class:`ConfigError` now, before serving, when the runtime options (precision,
     resolution, CUDA graphs, ...) cannot run on the configured device and preset, rather
     than starting a server whose model never becomes ready."""
-    from mlsharp.device import resolve_device
-    from mlsharp.engine import check_options
+    from mlsharp.engine import check_options, engine_device
     from mlsharp.model import preset
 
-    check_options(
-        settings.runtime_options(), preset(settings.preset), resolve_device(settings.device)
-    )
+    options = settings.runtime_options()
+    check_options(options, preset(settings.preset), engine_device(settings.device, options))
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         name: getattr(args, name, None)
         for name in (
             *("queue", "data_dir", "checkpoint", "preset", "device", "offline", "log_format"),
-            *("precision", "resolution"),
+            *("precision", "resolution", "backend", "backend_device", "int8_weights"),
         )
     }
     settings = Settings.load(getattr(args, "config", None), **flags)

@@ -108,6 +108,8 @@ class TuneKey:
     checkpoint_sha256: str
     preset: str
     resolution: int
+    #: The other backends' runtime versions measured with (``openvino 2026.4.1, ...``).
+    runtimes: str = ""
 
     def file_name(self) -> str:
         """The cache file name: a digest of the whole key."""
@@ -304,6 +306,22 @@ def precision_candidates(
     ]
 
 
+def backend_candidates(
+    backends: Sequence[str], *, bf16: bool, resolution: int | None = None
+) -> list[RuntimeOptions]:
+    """Stage 1b (CPU): the other backends, fp32 and int8 weights each, and OpenVINO's bf16
+    when the CPU computes bf16 natively. Their errors go through the same guard."""
+    candidates = []
+    for backend in backends:
+        candidates.append(RuntimeOptions(backend=backend, resolution=resolution))
+        if backend == "openvino" and bf16:
+            candidates.append(
+                RuntimeOptions(backend=backend, precision="bf16", resolution=resolution)
+            )
+        candidates.append(RuntimeOptions(backend=backend, int8_weights=True, resolution=resolution))
+    return candidates
+
+
 def postprocess_candidates(base: RuntimeOptions) -> list[RuntimeOptions]:
     """Stage 2: the float32 covariance decomposition on the device, on top of the best
     stage-1 options (every device)."""
@@ -313,8 +331,10 @@ def postprocess_candidates(base: RuntimeOptions) -> list[RuntimeOptions]:
 def acceleration_candidates(
     base: RuntimeOptions, device_type: str, *, compile: bool
 ) -> list[RuntimeOptions]:
-    """Stage 3: ``torch.compile`` and CUDA graphs on top of the best options so far."""
-    candidates = []
+    """Stage 3: ``torch.compile`` and CUDA graphs on top of the best options so far (torch)."""
+    candidates: list[RuntimeOptions] = []
+    if base.backend != "torch":
+        return candidates
     if compile:
         candidates.append(replace(base, compile=True))
     if device_type == "cuda":
@@ -629,7 +649,38 @@ def tune_key(
         checkpoint_sha256=memoized_sha256(checkpoint),
         preset=preset,
         resolution=int(resolution or native),
+        runtimes=_runtime_versions(),
     )
+
+
+def _runtime_versions() -> str:
+    """``openvino X, onnxruntime Y`` for the installed optional runtimes."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("openvino", "onnxruntime"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def _backends_to_tune(backend: str | None, device: torch.device) -> list[str]:
+    """The non-torch backends autotune measures: on a CPU every installed one for
+    ``auto``/``None``, the one named otherwise; none on GPUs (torch runs them)."""
+    from mlsharp.backends.select import PACKAGES, installed, require
+
+    if backend in (None, "auto"):
+        return [b for b in PACKAGES if installed(b)] if device.type == "cpu" else []
+    if backend == "torch":
+        return []
+    require(backend)
+    if device.type != "cpu":
+        raise ConfigError(
+            f"autotune measures {backend} with --device cpu (its own device: --backend-device)"
+        )
+    return [backend]
 
 
 def autotune(
@@ -646,6 +697,8 @@ def autotune(
     candidates: Sequence[RuntimeOptions] | None = None,
     download: bool = True,
     progress: bool = False,
+    backend: str | None = None,
+    backend_device: str | None = None,
 ) -> AutotuneResult:
     """Tune (or read the cached tuning of) ``checkpoint`` on ``device``.
 
@@ -664,6 +717,9 @@ def autotune(
             two-stage search.
         download: allow downloading the default checkpoint.
         progress: show a progress bar on stderr.
+        backend: ``auto``/``None`` (every installed backend on a CPU), ``torch`` (torch
+            only) or one of ``openvino``/``onnxruntime`` (that one besides torch).
+        backend_device: the device of those backends (see ``RuntimeOptions``).
 
     Raises:
         ConfigError: bad ``runs``/``warmup``/``preset``; CheckpointError, DeviceError,
@@ -695,6 +751,12 @@ def autotune(
         stage1 = precision_candidates(
             torch_device.type, tf32=tf32, bf16=bf16, resolution=resolution
         )
+        stage1 += [
+            replace(c, backend_device=backend_device)
+            for c in backend_candidates(
+                _backends_to_tune(backend, torch_device), bf16=bf16, resolution=resolution
+            )
+        ]
     use_compile = torch_device.type == "cuda" if compile is None else compile
     per_candidate = warmup + runs
 
@@ -719,7 +781,7 @@ def autotune(
                 lambda base: acceleration_candidates(base, torch_device.type, compile=use_compile),
             ):
                 more = stage(select_best(measurements).options)
-                bar.total += len(more) * per_candidate
+                bar.total = (bar.total or 0) + len(more) * per_candidate
                 bar.refresh()
                 measurements += [tuner.measure(options) for options in more]
     result = AutotuneResult(

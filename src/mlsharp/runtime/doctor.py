@@ -99,6 +99,8 @@ class DoctorReport:
     autotune: list[TunedSummary] = field(default_factory=list)
     next_steps: list[str] = field(default_factory=list)
     render: str = ""  # which rasterizer `mlsharp render` picks, see render_summary()
+    backends: list[Any] = field(default_factory=list)  # BackendStatus per backend
+    auto_backend: str = ""  # what --backend auto picks, and why
 
     @property
     def exit_code(self) -> int:
@@ -127,6 +129,8 @@ class DoctorReport:
             "autotune": [asdict(t) for t in self.autotune],
             "next_steps": self.next_steps,
             "render": self.render,
+            "backends": [asdict(b) for b in self.backends],
+            "auto_backend": self.auto_backend,
         }
 
 
@@ -311,11 +315,38 @@ def render_summary(facts: SystemProbe, gsplat_installed: bool) -> str:
     return f"PyTorch rasterizer (gsplat not installed{hint})"
 
 
+def backend_summary(
+    status: CheckpointStatus, preset: str, device: str, backend: str, precision: str
+) -> tuple[list[Any], str]:
+    """The backends found and what ``--backend`` (``auto`` by default) picks, and why."""
+    import torch
+
+    from mlsharp.backends.select import choose_backend, probe_backends
+    from mlsharp.errors import MlsharpError
+    from mlsharp.runtime.options import RuntimeOptions
+
+    statuses = probe_backends()
+    try:
+        options = RuntimeOptions(precision=precision, backend=backend)  # type: ignore[arg-type]
+        choice = choose_backend(
+            options,
+            torch.device(device),  # the device auto picks (only its kind matters)
+            checkpoint=Path(status.path) if status.present else None,
+            preset=preset,
+        )
+        picked = f"{backend} -> {choice.backend} at {precision}: {choice.reason}"
+    except MlsharpError as error:
+        picked = f"{backend}: {error}"
+    return statuses, picked
+
+
 def examine(
     checkpoint: str | os.PathLike[str] | None = None,
     *,
     preset: str = "sharp",
     probe: SystemProbe | None = None,
+    backend: str = "auto",
+    precision: str = "fp32",
 ) -> DoctorReport:
     """Build the report; ``probe`` defaults to :func:`probe_system` (tests pass facts)."""
     from mlsharp.runtime.devices import probe_system
@@ -334,4 +365,7 @@ def examine(
     from mlsharp.render.gsplat_backend import gsplat_installed
 
     report.render = render_summary(facts, gsplat_installed())
+    report.backends, report.auto_backend = backend_summary(
+        status, preset, report.auto_device, backend, precision
+    )
     return report

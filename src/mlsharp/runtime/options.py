@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from mlsharp.choices import BACKEND_CHOICES
+
 #: Numeric precision of the network forward.
 #: ``fp32``: the reference. ``tf32``: fp32 storage with TF32 matmuls/convolutions (Ampere+).
 #: ``bf16`` / ``fp16``: autocast, with normalisations, heads and post-processing in fp32.
@@ -32,6 +34,12 @@ class RuntimeOptions:
             device instead of the float64 reference eigendecomposition.
         batch_size: images per forward in ``Engine.predict_many`` (``None``: estimated
             from free memory on CUDA, 1 elsewhere).
+        backend: what runs the forward: ``torch``, ``openvino``, ``onnxruntime``, or
+            ``auto`` (resolved when the engine is built; see :mod:`mlsharp.backends`).
+        backend_device: the OpenVINO device (``CPU``, ``GPU``, ``NPU``, ``AUTO``) or the
+            ordered ONNX Runtime providers (``qnn,dml,cuda,cpu``); ``None``: the default.
+        int8_weights: run a model whose weights are compressed to 8-bit integers
+            (weight-only; openvino and onnxruntime).
     """
 
     precision: Precision = "fp32"
@@ -41,10 +49,17 @@ class RuntimeOptions:
     resolution: int | None = None
     fast_postprocess: bool = False
     batch_size: int | None = None
+    backend: str = "torch"
+    backend_device: str | None = None
+    int8_weights: bool = False
 
     def label(self) -> str:
-        """A short human-readable name, e.g. ``bf16+channels_last+compile``."""
-        parts = [self.precision]
+        """A short human-readable name, e.g. ``bf16+channels_last+compile`` or
+        ``openvino+bf16+int8_weights`` (the backend is named unless it is torch)."""
+        parts = []
+        if self.backend != "torch":
+            parts.append(self.backend + (f":{self.backend_device}" if self.backend_device else ""))
+        parts.append(self.precision)
         parts += [f.name for f in fields(self) if f.type == "bool" and getattr(self, f.name)]
         if self.resolution is not None:
             parts.append(f"{self.resolution}px")
@@ -63,4 +78,6 @@ class RuntimeOptions:
         options = cls(**{k: v for k, v in data.items() if k in known})
         if options.precision not in PRECISION_CHOICES:
             raise ValueError(f"unknown precision {options.precision!r}")
+        if options.backend not in BACKEND_CHOICES:
+            raise ValueError(f"unknown backend {options.backend!r}")
         return options

@@ -347,3 +347,24 @@ def test_the_exported_graph_uses_standard_operators_qnn_lists(backend, cached, t
     assert opset(model_file) >= 18
     assert all(":" not in op for op in operators)  # only the standard ai.onnx domain
     assert unlisted(operators, "QNN") == []
+
+
+def test_runtime_allocation_failures_become_out_of_memory():
+    """OpenVINO's ``std::bad_alloc`` and ONNX Runtime's "Failed to allocate memory" reach
+    the engine's out-of-memory handling like torch's allocator errors."""
+    from mlsharp.backends.base import allocation_failure
+    from mlsharp.errors import OutOfMemory
+    from mlsharp.runtime.memory import run_guarded
+
+    def failing(message: str):
+        def step():
+            failure = allocation_failure(RuntimeError(message))
+            raise failure if failure is not None else RuntimeError(message)
+
+        return step
+
+    for message in ("std::bad_alloc", "[ONNXRuntimeError] : 6 : Failed to allocate memory"):
+        with pytest.raises(OutOfMemory, match="out of memory on cpu while testing"):
+            run_guarded(failing(message), device=torch.device("cpu"), context="testing")
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_guarded(failing("shape mismatch"), device=torch.device("cpu"), context="testing")

@@ -80,3 +80,16 @@ class ForwardRuntime(Protocol):
     def info(self) -> RuntimeInfo:
         """Device, precision, version and memory, for reports."""
         ...
+
+
+#: How the OpenVINO and ONNX Runtime allocators word a failed allocation.
+_ALLOCATION_MARKERS = ("bad_alloc", "failed to allocate", "out of memory", "cannot allocate")
+
+
+def allocation_failure(error: BaseException) -> MemoryError | None:
+    """A ``MemoryError`` for a runtime's failed allocation (so the engine's out-of-memory
+    handling applies to every runtime alike), else ``None``."""
+    text = str(error).strip()
+    if any(marker in text.lower() for marker in _ALLOCATION_MARKERS):
+        return MemoryError(text.splitlines()[0] if text else type(error).__name__)
+    return None

@@ -216,23 +216,31 @@ def export_onnx(checkpoint: Path, preset: str, resolution: int, dest: Path) -> N
     model = _ExportedForward.wrap(_load_network(checkpoint, preset))
     image = torch.zeros(1, 3, resolution, resolution)
     factor = torch.ones(1)
-    with warnings.catch_warnings():
-        # The exporter warns about torchvision ops it cannot register (no torchvision
-        # here; the network uses none) and about deprecated internals: not actionable.
-        warnings.simplefilter("ignore")
-        with torch.inference_mode(False), torch.no_grad():
-            program = torch.onnx.export(
-                model,
-                (image, factor),
-                dynamo=True,
-                opset_version=OPSET,
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
-                external_data=True,
-                verbose=False,
-            )
-            assert program is not None
-            program.save(str(dest), external_data=True)
+    # "torchvision is not installed. Skipping torchvision::nms" and the like: the
+    # network uses no torchvision operator, so these lines only alarm users.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    saved_level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # The exporter warns about torchvision ops it cannot register (no torchvision
+            # here; the network uses none) and about deprecated internals: not actionable.
+            warnings.simplefilter("ignore")
+            with torch.inference_mode(False), torch.no_grad():
+                program = torch.onnx.export(
+                    model,
+                    (image, factor),
+                    dynamo=True,
+                    opset_version=OPSET,
+                    input_names=list(INPUT_NAMES),
+                    output_names=list(OUTPUT_NAMES),
+                    external_data=True,
+                    verbose=False,
+                )
+                assert program is not None
+                program.save(str(dest), external_data=True)
+    finally:
+        registration.setLevel(saved_level)
     del program, model
     gc.collect()
 

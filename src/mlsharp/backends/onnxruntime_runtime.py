@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlsharp.backends.base import RuntimeInfo
+from mlsharp.backends.base import RuntimeInfo, allocation_failure
 from mlsharp.backends.export import missing_extra
 from mlsharp.errors import ConfigError
 from mlsharp.model.composer import ComposedGaussians
@@ -141,14 +141,23 @@ class OnnxRuntimeRuntime:
         pixels = images.detach().cpu().float().numpy()
         factors = disparity_factors.detach().cpu().float().numpy()
         per_photo = [
-            self._session.run(
-                self._outputs,
-                {"image": pixels[i : i + 1], "disparity_factor": factors[i : i + 1]},
-            )
-            for i in range(pixels.shape[0])
+            self._run_one(pixels[i : i + 1], factors[i : i + 1]) for i in range(len(pixels))
         ]
         columns = zip(*per_photo, strict=True)
         return ComposedGaussians(*(torch.from_numpy(np.concatenate(c)) for c in columns))
+
+    def _run_one(self, pixels: np.ndarray, factor: np.ndarray) -> list[np.ndarray]:
+        """One photo; ONNX Runtime's failed allocation becomes a ``MemoryError``."""
+        failure = None
+        try:
+            return list(
+                self._session.run(self._outputs, {"image": pixels, "disparity_factor": factor})
+            )
+        except Exception as error:  # onnxruntime's own exception types derive from Exception
+            failure = allocation_failure(error)
+            if failure is None:
+                raise
+        raise failure  # outside the except block: the failed run's buffers are gone
 
     def suggested_batch_size(self) -> int:
         """1: the graph has a static batch of one."""

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlsharp.backends.base import RuntimeInfo
+from mlsharp.backends.base import RuntimeInfo, allocation_failure
 from mlsharp.backends.export import missing_extra
 from mlsharp.errors import ConfigError
 from mlsharp.model.composer import ComposedGaussians
@@ -119,7 +119,16 @@ class OpenVinoRuntime:
         factors = disparity_factors.detach().cpu().float().numpy()
         per_photo = []
         for index in range(pixels.shape[0]):
-            self._request.infer([pixels[index : index + 1], factors[index : index + 1]])
+            try:
+                self._request.infer([pixels[index : index + 1], factors[index : index + 1]])
+            except RuntimeError as error:
+                failure = allocation_failure(error)
+                if failure is None:
+                    raise
+            else:
+                failure = None
+            if failure is not None:  # outside the except block: the traceback is gone
+                raise failure
             # Copies: the request's output buffers are overwritten by the next photo.
             per_photo.append(
                 [

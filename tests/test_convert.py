@@ -118,11 +118,11 @@ def test_predict_depth_files_agree(predicted: Path) -> None:
 def test_predict_unknown_format_fails_before_any_work(tmp_path: Path, tiny_checkpoint) -> None:
     shutil.copy(ASTRONAUT, tmp_path / "a.jpg")
     result = mlsharp(
-        "predict", "a.jpg", "-o", "out", "--format", "ply,glb", *tiny(tiny_checkpoint), cwd=tmp_path
+        "predict", "a.jpg", "-o", "out", "--format", "ply,obj", *tiny(tiny_checkpoint), cwd=tmp_path
     )
     assert result.returncode == 2
     line = one_error_line(result)
-    assert "'glb'" in line and "spz" in line
+    assert "'obj'" in line and "spz" in line
     assert not (tmp_path / "out").exists()
 
 

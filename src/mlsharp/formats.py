@@ -269,9 +269,9 @@ def formats_help() -> str:
     for spec in FORMATS.values():
         what = spec.summary
         if spec.expands_to:
-            what += f"; on the command line also {', '.join(spec.expands_to[1:])}"
-        entries.append(f"{spec.name} ({what})")
-    return "output formats, comma-separated: " + "; ".join(entries)
+            what += f", with {' and '.join(spec.expands_to[1:])} on the command line"
+        entries.append(f"{spec.name}: {what}")
+    return "output formats, comma-separated. " + "; ".join(entries)
 
 
 def markdown_table() -> str:

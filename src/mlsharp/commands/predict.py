@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlsharp.commands.output import SceneOutput, describe_outputs
 from mlsharp.config import Settings
 from mlsharp.errors import MlsharpError, OutOfMemory, OutputError, OutputExists
 from mlsharp.imaging import check_focal_mm, is_supported_path
@@ -100,13 +101,6 @@ def _make_output_folder(outdir: Path) -> None:
         ) from None
 
 
-def writer_options(fmt: str, frame: str | None) -> dict[str, Any]:
-    """Options for ``splat.write`` of ``fmt``: ``frame`` where the format takes one."""
-    from mlsharp.splat import FRAME_FORMATS
-
-    return {"frame": frame} if frame is not None and fmt in FRAME_FORMATS else {}
-
-
 def _report(line: str) -> None:
     # tqdm.write keeps the progress bar intact below the printed line.
     from tqdm import tqdm
@@ -119,13 +113,11 @@ def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mlsharp.engine import Engine
-    from mlsharp.splat import check_frame, parse_formats
+    from mlsharp.splat import parse_formats
 
     # Option errors first, before any file is looked at or the model is loaded.
     formats = parse_formats(getattr(args, "format", None) or "ply")
-    frame = getattr(args, "frame", None)
-    if frame is not None:
-        check_frame(frame)
+    output = SceneOutput.from_args(args)
     settings = Settings.from_env(
         checkpoint=args.checkpoint,
         preset=args.preset,
@@ -159,7 +151,9 @@ def run_predict(args: argparse.Namespace) -> int:
     bar = tqdm(plan.jobs, desc="predict", unit="image", file=sys.stderr, disable=args.quiet)
     for job in bar:
         try:
-            _predict_one(engine, job, focal_mm=args.focal_mm, overwrite=args.overwrite, frame=frame)
+            _predict_one(
+                engine, job, focal_mm=args.focal_mm, overwrite=args.overwrite, output=output
+            )
         except MlsharpError as error:
             failed += 1
             _report(f"failed {job.source}: {error}")
@@ -251,9 +245,10 @@ def _label(job: Job) -> str:
 
 
 def _predict_one(
-    engine: Engine, job: Job, *, focal_mm: float | None, overwrite: bool, frame: str | None
+    engine: Engine, job: Job, *, focal_mm: float | None, overwrite: bool, output: SceneOutput
 ) -> None:
-    """Decode, predict and write one photo in every format, then print its timing line."""
+    """Decode, predict, thin out (``--max-splats``) and write one photo in every format,
+    then print its line: the files with their sizes, the splat count and the timings."""
     from mlsharp import splat
     from mlsharp.imaging import load_image
 
@@ -261,18 +256,23 @@ def _predict_one(
     image = load_image(job.source, focal_mm=focal_mm)
     decode = time.perf_counter() - start
     gaussians = engine.predict(image)
+    predicted = len(gaussians)
     start = time.perf_counter()
+    gaussians = splat.reduce_density(gaussians, output.density)
     if not overwrite:
         for dest in job.outputs.values():
             if dest.exists():  # created by someone else during the run
                 raise OutputExists(f"{dest} appeared meanwhile; not overwriting it")
     for fmt, dest in job.outputs.items():
-        splat.write(gaussians, dest, fmt, **writer_options(fmt, frame))  # atomic per file
+        splat.write(gaussians, dest, fmt, **output.writer_options(fmt))  # atomic per file
     write = time.perf_counter() - start
     times = gaussians.metadata["timings"]
-    written = ", ".join(str(dest) for dest in job.outputs.values())
+    written = describe_outputs(job.outputs.values())
+    kept = f"{predicted:,}"
+    if len(gaussians) < predicted:
+        kept = f"{len(gaussians):,} of {kept}"
     _report(
-        f"{job.source} -> {written} ({len(gaussians):,} Gaussians, "
+        f"{job.source} -> {written} ({kept} Gaussians, "
         f"{image.width}x{image.height}, f={image.focal_px:.1f}px [{image.focal_source}]; "
         f"decode {decode:.2f}s, inference {times.preprocess + times.inference:.2f}s, "
         f"post-process {times.postprocess:.2f}s, write {write:.2f}s)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from mlsharp.service.jobs import JobRecord, SQLiteJobStore, _SCHEMA
+from mlsharp.service.jobs import _SCHEMA, JobRecord, SQLiteJobStore
 
 
 def test_an_older_database_gets_the_new_columns(tmp_path: Path) -> None:

@@ -34,11 +34,11 @@ def test_upload_a_photo_and_see_it_in_3d(web_server, open_page, artifacts: Path)
     page.set_input_files("#file", str(PHOTO))
     page.wait_for_selector("#preview:not([hidden])")
     assert "astronaut.jpg" in page.inner_text("#file-name")
-    # The server offers spz: the page asks for it beside the default ply, for the viewer.
+    # The page asks for the smallest format its viewer reads (sog) beside the default ply.
     checked = page.eval_on_selector_all(
         "#format-list input:checked", "els => els.map(e => e.value)"
     )
-    assert checked == ["ply", "spz"]
+    assert checked == ["ply", "sog"]
     record_attribute(page, "#progress", "data-stage", "stages")
     page.click("#submit")
     wait_for_scene(page)
@@ -53,7 +53,10 @@ def test_upload_a_photo_and_see_it_in_3d(web_server, open_page, artifacts: Path)
     assert shown[-1] == "done" and len(shown) >= 4, shown
     job_id = re.search(r"job=([\w-]+)", page.url).group(1)
     job = httpx.get(f"{web_server.url}/v1/jobs/{job_id}").json()
-    assert job["status"] == "succeeded" and job["formats"] == ["ply", "spz"]
+    assert job["status"] == "succeeded" and job["formats"] == ["ply", "sog"]
+    # The viewer loaded the smallest file (the .sog), and each button says its file's size.
+    assert job["sizes"]["sog"] < job["sizes"]["ply"]
+    assert page.evaluate("window.mlsharp.viewer.stats.format") == "sog"
     buttons = page.eval_on_selector_all(
         "#download-list a", "els => els.map(e => [e.dataset.format, e.getAttribute('href')])"
     )

@@ -279,6 +279,8 @@ def _image(path: Path, archive: zipfile.ZipFile, name: object, count: int) -> np
             if image.size[0] * image.size[1] > 4 * width * height:
                 raise _fail(path, f"{name} is far larger than {count} splats need")
             texels = np.asarray(image.convert("RGBA")).reshape(-1, 4)
+    except SceneFormatError:
+        raise
     except (OSError, ValueError, zipfile.BadZipFile, Image.DecompressionBombError):
         raise _fail(path, f"{name} is not a readable WebP image") from None
     return texels[:count]

@@ -1,0 +1,58 @@
+"""The format table is the one place a format is described: everything else follows it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlsharp import formats, splat
+from mlsharp.cli import build_parser
+from mlsharp.errors import ConfigError
+from tests.conftest import REPO
+
+
+def test_every_spec_names_functions_that_exist() -> None:
+    for spec in formats.FORMATS.values():
+        assert callable(formats.resolve(spec.writer)), spec.name
+        for reference in (spec.reader, spec.counter):
+            if reference is not None:
+                assert callable(formats.resolve(reference)), (spec.name, reference)
+        assert spec.scene == (spec.counter is not None) == (spec.frame is not None)
+        assert not (spec.takes_frame and "frame" not in spec.options)
+    assert len({spec.suffix for spec in formats.FORMATS.values()}) == len(formats.FORMATS)
+
+
+def test_docs_table_is_the_registry() -> None:
+    docs = (REPO / "docs" / "formats.md").read_text()
+    assert formats.markdown_table() in docs, "regenerate with mlsharp.formats.markdown_table()"
+
+
+def test_command_line_follows_the_registry() -> None:
+    parser = build_parser()
+    text = (
+        parser.format_help()
+        + parser._subparsers._group_actions[0]
+        .choices[  # type: ignore[union-attr]
+            "predict"
+        ]
+        .format_help()
+    )
+    compact = " ".join(text.split())
+    for spec in formats.FORMATS.values():
+        assert f"{spec.name}:" in compact, spec.name
+    convert = parser._subparsers._group_actions[0].choices["convert"].format_help()  # type: ignore[union-attr]
+    for spec in formats.FORMATS.values():
+        if spec.scene:
+            assert spec.suffix in " ".join(convert.split()), spec.suffix
+
+
+def test_parse_formats_and_suffixes() -> None:
+    assert formats.parse_formats(" SOG,glb ,sog") == ("sog", "glb")
+    assert formats.parse_formats("", ["ply"]) == ("ply",)
+    assert formats.parse_formats("depth", expand=True) == ("depth", "depth-npy", "depth-preview")
+    with pytest.raises(ConfigError, match="unknown output format 'obj'"):
+        formats.parse_formats("obj")
+    assert formats.format_for_path(Path("a/b.standard.ply")) == "ply-standard"
+    assert formats.format_for_path("x.GLB") == "glb"
+    assert splat.SUFFIXES["sog"] == ".sog" and splat.MEDIA_TYPES["glb"] == "model/gltf-binary"

@@ -60,7 +60,9 @@ def convert(
         raise ConfigError(f"input {source} does not exist or is not a file")
     check_output_file(dest, overwrite=overwrite)
     try:
-        gaussians = splat.read(source, in_format, frame=input_frame)
+        gaussians = splat.read(
+            source, in_format, frame=splat.check_frame(input_frame) if input_frame else None
+        )
     except OSError as error:
         raise ConfigError(f"cannot read {source}: {describe(error)}") from None
     gaussians = splat.reduce_density(gaussians, output.density)

@@ -113,7 +113,7 @@ def write(
     extra = sorted(set(options) - spec.options)
     if extra:
         raise ConfigError(f"format {format!r} takes no option {extra[0]!r}")
-    return registry.resolve(spec.writer)(gaussians, dest, **options)  # type: ignore[no-any-return]
+    return registry.resolve(spec.writer)(gaussians, dest, **options)
 
 
 def parse_formats(raw: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -176,7 +176,7 @@ def read(
         )
     reader = registry.resolve(spec.reader)
     if frame is None:
-        return reader(path)  # type: ignore[no-any-return]
+        return reader(path)
     frame = check_frame(frame)
     if not spec.takes_frame:
         if frame != spec.frame:
@@ -186,5 +186,5 @@ def read(
                 f"({'the model' if spec.name == 'ply' else 'y up'}); it cannot be read as "
                 f"{frame!r}"
             )
-        return reader(path)  # type: ignore[no-any-return]
-    return reader(path, frame=frame)  # type: ignore[no-any-return]
+        return reader(path)
+    return reader(path, frame=frame)

@@ -66,7 +66,7 @@ class Density:
             if not (math.isfinite(min_opacity) and 0.0 <= min_opacity < 1.0):
                 raise ConfigError(f"min_opacity must be at least 0 and below 1, got {min_opacity}")
             min_opacity = float(min_opacity)
-        return cls(max_splats, min_opacity)  # type: ignore[arg-type]
+        return cls(max_splats, min_opacity)
 
     @property
     def limited(self) -> bool:

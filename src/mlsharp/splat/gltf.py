@@ -83,6 +83,10 @@ _DTYPES = {_FLOAT: "<f4", _UBYTE: "u1", _BYTE: "i1", _USHORT: "<u2", _SHORT: "<i
 # Largest JSON chunk read (a splat file's JSON is a few kilobytes).
 _MAX_JSON_BYTES = 16 << 20
 _ZNEAR = 0.01
+# A turn of 180 degrees about z: positions (x, y, z) -> (-x, -y, z), quaternions
+# (w, x, y, z) -> (w, -x, -y, z).
+_TURN_Z_POSITIONS = np.array([-1, -1, 1], dtype=np.float32)
+_TURN_Z_QUATERNIONS = np.array([1, -1, -1, 1], dtype=np.float32)
 
 
 def _pad(data: bytes, fill: bytes) -> bytes:
@@ -153,8 +157,8 @@ def _spz_stream(gaussians: Gaussians) -> bytes:
 
     # glTF (x, y, z) -> SPZ's RUB (-x, y, -z); from the OpenCV frame that is (-x, -y, z),
     # a turn of 180 degrees about z, which spz_bytes' "opencv" frame then stores as is.
-    positions = np.asarray(gaussians.positions, dtype=np.float32) * np.float32([-1, -1, 1])
-    rotations = normalized_quaternions(gaussians.rotations) * np.float32([1, -1, -1, 1])
+    positions = np.asarray(gaussians.positions, dtype=np.float32) * _TURN_Z_POSITIONS
+    rotations = normalized_quaternions(gaussians.rotations) * _TURN_Z_QUATERNIONS
     turned = Gaussians(
         positions=positions,
         scales=gaussians.scales,
@@ -191,8 +195,8 @@ def glb_bytes(gaussians: Gaussians, *, compression: Compression = "none") -> byt
         "projection": "perspective",
         "sortingMethod": "cameraDistance",
     }
-    accessors = []
-    attributes = {}
+    accessors: list[dict[str, Any]] = []
+    attributes: dict[str, int] = {}
     for semantic, values in columns.items():
         view = None if compression == "spz" else add_view(values.tobytes(), _ARRAY_BUFFER)
         accessor = _accessor(values, view)
@@ -404,8 +408,8 @@ def _from_spz(glb: _Glb, extension: dict[str, Any], count: int) -> Gaussians:
     if len(turned) != count:
         raise glb.fail(f"its SPZ stream has {len(turned)} splats, the accessors {count}")
     # Undo the writer's turn of 180 degrees about z (see _spz_stream).
-    turned.positions = turned.positions * np.float32([-1, -1, 1])
-    turned.rotations = turned.rotations * np.float32([1, -1, -1, 1])
+    turned.positions = turned.positions * _TURN_Z_POSITIONS
+    turned.rotations = turned.rotations * _TURN_Z_QUATERNIONS
     return turned
 
 

@@ -317,7 +317,8 @@ def _unpack_quats(texels: np.ndarray) -> np.ndarray:
 
 
 def _camera(meta: dict[str, Any]) -> tuple[Frame | None, float, tuple[int, int]]:
-    ours = meta.get("mlsharp") if isinstance(meta.get("mlsharp"), dict) else {}
+    found = meta.get("mlsharp")
+    ours: dict[str, Any] = found if isinstance(found, dict) else {}
     frame = ours.get("frame") if ours.get("frame") in FRAMES else None
     focal, size = ours.get("focal_px"), ours.get("image_size")
     if not (isinstance(focal, int | float) and math.isfinite(focal) and focal > 0):
@@ -363,7 +364,8 @@ def read_sog(path: str | os.PathLike[str], *, frame: Frame | None = None) -> Gau
         (scales,) = (_image(path, archive, name, n) for name in _files(meta, "scales", 1)[:1])
         (quats,) = (_image(path, archive, name, n) for name in _files(meta, "quats", 1)[:1])
         (sh0,) = (_image(path, archive, name, n) for name in _files(meta, "sh0", 1)[:1])
-    means = meta.get("means") if isinstance(meta.get("means"), dict) else {}
+    found = meta.get("means")
+    means: dict[str, Any] = found if isinstance(found, dict) else {}
     try:
         mins = np.asarray(means.get("mins"), dtype=np.float64).reshape(3)
         maxs = np.asarray(means.get("maxs"), dtype=np.float64).reshape(3)

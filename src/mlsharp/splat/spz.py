@@ -180,12 +180,12 @@ def _packed_streams(
 
 
 def _check_version(version: object) -> int:
-    if version not in SPZ_VERSIONS:
+    if not isinstance(version, int) or version not in SPZ_VERSIONS:
         raise ConfigError(
             f"SPZ version {version!r} cannot be written (choose from: "
             f"{', '.join(map(str, SPZ_VERSIONS))})"
         )
-    return int(version)  # type: ignore[call-overload]
+    return version
 
 
 def encode_spz(gaussians: Gaussians, *, frame: Frame = "opengl", version: int = 2) -> bytes:
@@ -446,6 +446,7 @@ def decode_spz(
     frame = check_frame(frame)
     packed = _read_packed(path, data)
     n = packed.count
+    positions: np.ndarray
     if packed.version == 1:
         positions = packed.positions.view("<f2").astype(np.float32).reshape(n, 3)
     else:

@@ -138,7 +138,7 @@ FORMATS: dict[str, FormatSpec] = {
             frame="opengl",
             takes_frame=True,
             viewer=True,  # versions 1-3 (the page's server writes 2); Spark reads no 4
-            bytes_per_splat=11.7,
+            bytes_per_splat=11.6,
         ),
         FormatSpec(
             name="sog",
@@ -151,7 +151,7 @@ FORMATS: dict[str, FormatSpec] = {
             options=frozenset({"frame"}),
             takes_frame=True,
             viewer=True,
-            bytes_per_splat=10.0,
+            bytes_per_splat=10.5,
         ),
         FormatSpec(
             name="glb",

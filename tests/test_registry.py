@@ -56,3 +56,10 @@ def test_parse_formats_and_suffixes() -> None:
     assert formats.format_for_path(Path("a/b.standard.ply")) == "ply-standard"
     assert formats.format_for_path("x.GLB") == "glb"
     assert splat.SUFFIXES["sog"] == ".sog" and splat.MEDIA_TYPES["glb"] == "model/gltf-binary"
+
+
+def test_the_table_and_the_writers_know_the_same_frames() -> None:
+    # formats.FRAMES is NumPy-free for --help; splat.FRAMES comes from the Frame type.
+    assert formats.FRAMES == splat.FRAMES
+    for spec in formats.FORMATS.values():
+        assert spec.frame is None or spec.frame in formats.FRAMES

@@ -220,6 +220,7 @@ def test_candidates_per_device():
     turing = precision_candidates("cuda", tf32=False, bf16=False)
     assert labels(turing)[::2] == ["fp32", "fp16"]
     assert labels(precision_candidates("mps", tf32=False, bf16=True)) == ["fp32", "fp16", "bf16"]
+    assert labels(precision_candidates("mps", tf32=False, bf16=False)) == ["fp32", "fp16"]
     base = RuntimeOptions(precision="bf16", channels_last=True)
     assert labels(acceleration_candidates(base, "cuda", compile=True)) == [
         "bf16+channels_last+compile",

@@ -293,7 +293,7 @@ def precision_candidates(
     if device_type == "cuda":
         precisions = ["fp32", *(["tf32"] if tf32 else []), *(["bf16"] if bf16 else []), "fp16"]
     elif device_type == "mps":
-        precisions = ["fp32", "fp16", "bf16"]
+        precisions = ["fp32", "fp16", *(["bf16"] if bf16 else [])]
     else:
         precisions = ["fp32", *(["bf16"] if bf16 else [])]
     layouts = (False,) if device_type == "mps" else (False, True)
@@ -599,7 +599,11 @@ def _capabilities(probe: SystemProbe, device: torch.device) -> tuple[bool, bool]
         return (bool(gpu and gpu.tf32), bool(gpu and gpu.bf16))
     if device.type == "cpu":
         return False, bool(probe.cpu.bf16_native)
-    return False, True
+    import platform
+
+    from mlsharp.runtime.precision import mps_bf16_supported
+
+    return False, mps_bf16_supported(platform.mac_ver()[0])  # MPS: bf16 from macOS 14
 
 
 def tune_key(
@@ -719,7 +723,7 @@ def autotune(
                 lambda base: acceleration_candidates(base, torch_device.type, compile=use_compile),
             ):
                 more = stage(select_best(measurements).options)
-                bar.total += len(more) * per_candidate
+                bar.total = (bar.total or 0) + len(more) * per_candidate
                 bar.refresh()
                 measurements += [tuner.measure(options) for options in more]
     result = AutotuneResult(

@@ -180,7 +180,14 @@ class Engine:
         state_dict = weights.load_state_dict(path)
         model = build_model(preset, device="meta")
         weights.load_into(model, state_dict, what=str(path), preset=preset)
-        return cls(model.to(torch_device), torch_device, checkpoint=path, options=options)
+        # A GPU without room for the weights: OutOfMemory (one clear line), not a traceback.
+        model = run_guarded(
+            lambda: model.to(torch_device),
+            device=torch_device,
+            context=f"moving the {preset} weights onto the device",
+            advice="free memory on that GPU, or choose another with --device",
+        )
+        return cls(model, torch_device, checkpoint=path, options=options)
 
     @property
     def options(self) -> RuntimeOptions:

@@ -19,25 +19,33 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from mlsharp.device import resolve_device
-from mlsharp.errors import ConfigError
+from mlsharp.errors import ConfigError, OutOfMemory
 from mlsharp.gaussians import Gaussians
 from mlsharp.imaging import LoadedImage
 from mlsharp.model import SharpConfig, SharpModel, build_model
 from mlsharp.model.composer import ComposedGaussians
-from mlsharp.runtime.memory import MemoryGuard, estimate_batch_size, run_guarded
-from mlsharp.runtime.options import RuntimeOptions
+from mlsharp.runtime.memory import (
+    MAX_ESTIMATED_BATCH,
+    MemoryGuard,
+    estimate_batch_size,
+    run_guarded,
+)
+from mlsharp.runtime.options import RuntimeOptions, batch_bucket
 from mlsharp.runtime.precision import check_precision, precision_context
-from mlsharp.runtime.transfer import HostTransfer
+from mlsharp.runtime.transfer import HostTransfer, PinnedStaging
 from mlsharp.unproject import gaussians_from_host, unproject_tensors
 
 T = TypeVar("T")
@@ -72,6 +80,11 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.current_stream(device).synchronize()
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def _device_scope(device: torch.device) -> AbstractContextManager[Any]:
+    """Make ``device`` the calling thread's current CUDA device inside the block."""
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
 
 
 def check_resolution(cfg: SharpConfig, resolution: int) -> None:
@@ -119,7 +132,9 @@ class Engine:
         device: where the network runs.
         checkpoint: the weights file, when loaded from one.
         memory_guard: releases cached memory (after an out-of-memory error, and, when a
-            long-running process configures it, when idle or above a threshold).
+            long-running process configures it, when idle or above a threshold); never
+            while another thread's batch uses the device. Assigning a new guard keeps
+            the engine's pinned host buffers attached to its releases.
     """
 
     def __init__(
@@ -137,6 +152,8 @@ class Engine:
         self.checkpoint = checkpoint
         self._options = options
         self._resolution = options.resolution or model.internal_resolution
+        #: Page-locked host memory for the results' device-to-host copies (CUDA only).
+        self._staging = PinnedStaging(device) if device.type == "cuda" else None
         self.memory_guard = MemoryGuard(device)
         if options.channels_last:
             model.set_memory_format(torch.channels_last)
@@ -152,6 +169,21 @@ class Engine:
         self._forward = forward
         #: Peak bytes of one image's forward, measured on CUDA (for the batch estimate).
         self._bytes_per_image: int | None = None
+        #: The largest batch still worth trying: halved after each batch that ran out of
+        #: memory, so the estimate learns instead of failing the same way again.
+        self._batch_ceiling = options.batch_size or MAX_ESTIMATED_BATCH
+        self._batch_lock = threading.Lock()
+
+    @property
+    def memory_guard(self) -> MemoryGuard:
+        """See the class docstring."""
+        return self._memory_guard
+
+    @memory_guard.setter
+    def memory_guard(self, guard: MemoryGuard) -> None:
+        if self._staging is not None:
+            guard.release_hooks.append(self._staging.release)
+        self._memory_guard = guard
 
     @classmethod
     def load(
@@ -232,15 +264,15 @@ class Engine:
         """
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+        report = on_stage or (lambda stage: None)
         results: list[Gaussians] = []
         start = 0
         while start < len(images):
-            size = batch_size or self.suggested_batch_size()
+            size = min(batch_size or self.suggested_batch_size(), len(images) - start)
+            if self._options.fixed_shapes:
+                size = batch_bucket(size)  # one compilation / graph per bucket, not per size
             chunk = images[start : start + size]
-            results += self._guarded(
-                lambda chunk=chunk: self._predict_batch(chunk, on_stage or (lambda stage: None)),
-                len(chunk),
-            )
+            results += self._guarded(partial(self._predict_batch, chunk, report), len(chunk))
             start += len(chunk)
         return results
 
@@ -253,8 +285,18 @@ class Engine:
 
     def suggested_batch_size(self) -> int:
         """Photos per forward: the options' batch size, else as many as fit in 80 % of the
-        free CUDA memory (known once a forward was measured), else 1 (CPU, MPS)."""
-        return self._options.batch_size or estimate_batch_size(self.device, self._bytes_per_image)
+        free CUDA memory (known once a forward was measured), else 1 (CPU, MPS); never more
+        than half of a batch that ran out of memory, and with ``compile``/``cuda_graphs``
+        a size of :data:`~mlsharp.runtime.options.BATCH_BUCKETS`."""
+        wanted = self._options.batch_size or estimate_batch_size(
+            self.device, self._bytes_per_image, limit=self._batch_ceiling
+        )
+        size = max(1, min(wanted, self._batch_ceiling))
+        return batch_bucket(size) if self._options.fixed_shapes else size
+
+    def _note_out_of_memory(self, batch: int) -> None:
+        """Lower the batch ceiling after ``batch`` photos did not fit in one forward."""
+        self._batch_ceiling = max(1, min(self._batch_ceiling, batch // 2))
 
     def _describe(self, batch: int) -> tuple[str, str]:
         """What ran (device aside) and what to lower, for an out-of-memory message."""
@@ -274,16 +316,36 @@ class Engine:
         return context, f"try {' or '.join(hints)}" if hints else ""
 
     def _guarded(self, step: Callable[[], T], batch: int) -> T:
-        """Run ``step``; out of memory becomes :class:`OutOfMemory` after a release."""
+        """Run ``step`` on the engine's device, marked as work for the memory guard; out of
+        memory becomes :class:`OutOfMemory` after a release (and lowers the batch ceiling).
+
+        The device is made current for the calling thread (worker threads start on
+        ``cuda:0``), so streams, events and graph captures belong to the engine's GPU.
+        """
+        guard = self.memory_guard
+
+        def work() -> T:
+            # One batch at a time per engine (CUDA graphs and the pinned staging are
+            # shared); the lock is taken outside working() so that an out-of-memory
+            # release never waits on a thread that waits for this one.
+            with self._batch_lock, guard.working():
+                return step()
+
         try:
             context, advice = self._describe(batch)
-            return run_guarded(
-                step,
-                device=self.device,
-                context=context,
-                advice=advice,
-                release=lambda: self.memory_guard.release("oom"),
-            )
+            with _device_scope(self.device):
+                return run_guarded(
+                    work,
+                    device=self.device,
+                    context=context,
+                    advice=advice,
+                    release=partial(guard.release, "oom"),
+                )
+        except OutOfMemory:
+            self._note_out_of_memory(batch)
+            if self._graphs is not None:
+                self._graphs.reset()
+            raise
         except BaseException:
             if self._graphs is not None:
                 self._graphs.reset()  # a capture may have failed half-way
@@ -342,7 +404,7 @@ class Engine:
 
         report("postprocess")
         start = time.perf_counter()
-        transfer = HostTransfer(self.device)
+        transfer = HostTransfer(self.device, staging=self._staging)
         with torch.inference_mode():
             for index, image in enumerate(images):
                 tensors = unproject_tensors(

@@ -103,6 +103,7 @@ def test_batch_estimate_is_one_off_cuda():
     assert estimate_batch_size(torch.device("cpu"), None) == 1
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_batch_estimate_uses_measured_memory(tiny_checkpoint, photos):
     engine = Engine.load(tiny_checkpoint, preset="tiny", device="cuda", download=False)
@@ -135,3 +136,21 @@ def test_cli_predicts_in_batches(run_cli, tiny_checkpoint, tmp_path):
         a = read_ply(tmp_path / "one" / f"p{index}.ply")
         b = read_ply(tmp_path / "many" / f"p{index}.ply")
         assert_close(b, a, FP32_ROUNDING)
+
+
+def test_fixed_shape_forwards_run_in_bucket_sizes(tiny_checkpoint, photos):
+    # compile / CUDA graphs pay a compilation or capture per input shape: batches are cut
+    # into bucket sizes (3 photos: 2 + 1; 7: 4 + 2 + 1), not run at every size.
+    engine = Engine.load(
+        tiny_checkpoint,
+        preset="tiny",
+        device="cpu",
+        download=False,
+        options=RuntimeOptions(compile=True, batch_size=6),
+    )
+    assert engine.suggested_batch_size() == 4
+    engine._forward = engine.model  # the eager network: this test is about the shapes
+    shapes: list[int] = []
+    engine.model.register_forward_pre_hook(lambda _, args: shapes.append(args[0].shape[0]))
+    results = engine.predict_many(photos, batch_size=3)
+    assert shapes == [2, 1] and len(results) == 3

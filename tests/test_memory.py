@@ -444,6 +444,7 @@ def test_settings_validate_memory_options():
         Settings.load(None, memory_release_idle_seconds=-1)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_out_of_memory_is_recognised_and_cache_released():
     device = torch.device("cuda")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +48,11 @@ from mlsharp.runtime.precision import (
 from tests.conftest import REPO
 
 CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (run on the device machine)")
+def needs_cuda(test):
+    """CUDA only: skipped without a GPU; ``pytest -m cuda`` selects these
+    (``benchmarks/gpu_check.py`` runs them on the device machine)."""
+    skip = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (run on the device machine)")
+    return pytest.mark.cuda(skip(test))
 
 
 @dataclass(frozen=True)
@@ -419,3 +424,38 @@ def test_fast_path_matches_fp32_reference_on_cuda(tiny_checkpoint, photo, option
 def test_cuda_reference_matches_cpu_reference(tiny_checkpoint, photo, reference):
     # fp32 on CUDA switches cuDNN's default TF32 convolutions off for the forward.
     assert_close(_engine(tiny_checkpoint, "cuda").predict(photo), reference, FP32_ROUNDING)
+
+
+@needs_cuda
+@pytest.mark.parametrize("index", [0, 1], ids=["cuda:0", "cuda:1"])
+def test_cuda_graphs_replay_each_photo_on_the_engines_gpu(tiny_checkpoint, index):
+    # Two different photos, replayed alternately, from a worker thread whose current
+    # device is cuda:0: a graph captured on another device's stream, or one that replays
+    # the first photo's input, fails this.
+    if index >= torch.cuda.device_count():
+        pytest.skip("needs a second GPU")
+    device = f"cuda:{index}"
+    photos = [
+        load_image(structured_photo(320, 240, seed=1), focal_mm=30),
+        load_image(structured_photo(200, 260, seed=2), focal_mm=50),
+    ]
+    eager = _engine(tiny_checkpoint, device)
+    graphs = _engine(tiny_checkpoint, device, cuda_graphs=True)
+    expected = [eager.predict(p) for p in photos]
+    replayed: list[Gaussians] = []
+    failure: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            replayed.extend(graphs.predict(p) for p in photos + photos)
+        except BaseException as error:
+            failure.append(error)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(300)
+    assert not failure, failure
+    for got, want in zip(replayed, expected + expected, strict=True):
+        assert_close(got, want, FP32_ROUNDING)
+    assert not np.allclose(replayed[0].positions[:100], replayed[1].positions[:100])
+    assert graphs._graphs is not None and graphs._graphs.device == torch.device(device)

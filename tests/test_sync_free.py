@@ -5,39 +5,21 @@ region, and in eager mode each one is a blocking sync. Those operations are visi
 the CPU too, as aten calls: ``aten._local_scalar_dense`` (``.item()``, ``int(t)``,
 ``bool(t)``, ``.tolist()``), ``aten.lift_fresh`` (a tensor made from Python data) and a
 ``copy_`` from a 0-dim tensor (``t[i] = 1.0`` copies a wrapped CPU scalar into ``t``).
-A :class:`TorchDispatchMode` counts them over the whole forward on the CPU; the count
-must be zero. (On a GPU, ``benchmarks/gpu_check.py`` also runs the forward under
+:class:`~mlsharp.runtime.host_syncs.HostSyncCounter` counts them (and ops with
+data-dependent shapes) over the whole forward on the CPU; the count must be zero. (On a
+GPU, ``benchmarks/gpu_check.py`` also runs the forward under
 ``torch.cuda.set_sync_debug_mode("error")``.)
 """
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mlsharp.engine import Engine
 from mlsharp.model.composer import _filled
+from mlsharp.runtime.host_syncs import HostSyncCounter
 from mlsharp.runtime.options import RuntimeOptions
-
-
-class HostSyncCounter(TorchDispatchMode):
-    """Counts the aten calls that would synchronise or copy host data onto a device."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func)
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if name.startswith(("aten._local_scalar_dense", "aten.lift_fresh")):
-            self.calls[name] += 1
-        elif name.startswith("aten.copy_") and len(tensors) > 1 and tensors[1].dim() == 0:
-            self.calls[f"{name} from a 0-dim tensor"] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def test_the_counter_sees_scalar_assignment_and_item():
@@ -46,9 +28,13 @@ def test_the_counter_sees_scalar_assignment_and_item():
         out = torch.empty(2)
         out[0] = 1.5
         out.sum().item()
+        out[out > 1.0]
+        out.nonzero()
     assert counter.calls["aten.lift_fresh.default"] == 1
     assert counter.calls["aten.copy_.default from a 0-dim tensor"] == 1
     assert counter.calls["aten._local_scalar_dense.default"] == 1
+    assert counter.calls["aten.index.Tensor with a boolean mask"] == 1
+    assert counter.calls["aten.nonzero.default"] == 1
 
 
 def test_filled_constants_need_no_host_copy():

@@ -77,7 +77,8 @@ class PinnedStaging:
         pointer = buffer.data_ptr()
         # Flags 0 (cudaHostRegisterDefault). A failure (e.g. RLIMIT_MEMLOCK) only costs
         # speed: copies into pageable memory are synchronous but correct.
-        if torch.cuda.cudart().cudaHostRegister(pointer, buffer.numel(), 0) == 0:
+        cudart = torch.cuda.cudart()
+        if cudart.cudaHostRegister(pointer, buffer.numel(), 0) == cudart.cudaError.success:
             self._registered.add(pointer)
 
     def _unpin(self, buffer: torch.Tensor) -> None:

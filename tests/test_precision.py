@@ -48,6 +48,8 @@ from mlsharp.runtime.precision import (
 from tests.conftest import REPO
 
 CUDA = torch.cuda.is_available()
+
+
 def needs_cuda(test):
     """CUDA only: skipped without a GPU; ``pytest -m cuda`` selects these
     (``benchmarks/gpu_check.py`` runs them on the device machine)."""

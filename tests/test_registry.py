@@ -63,3 +63,23 @@ def test_the_table_and_the_writers_know_the_same_frames() -> None:
     assert formats.FRAMES == splat.FRAMES
     for spec in formats.FORMATS.values():
         assert spec.frame is None or spec.frame in formats.FRAMES
+
+
+def test_writer_option_values_are_listed_once() -> None:
+    # --spz-version and --glb-compression offer exactly what the writers accept.
+    from mlsharp.splat import gltf, spz
+    from tests.test_formats import random_scene
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for command in ("predict", "convert"):
+        options = {a.dest: a.choices for a in commands[command]._actions}
+        assert options["spz_version"] is formats.SPZ_VERSIONS
+        assert options["glb_compression"] is formats.GLB_COMPRESSIONS
+    assert spz.SPZ_VERSIONS is formats.SPZ_VERSIONS
+    scene = random_scene(10)
+    for version in formats.SPZ_VERSIONS:
+        assert spz.spz_bytes(scene, version=version)
+    for compression in formats.GLB_COMPRESSIONS:
+        assert gltf.glb_bytes(scene, compression=compression)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="choose from: none, spz"):
+        gltf.glb_bytes(scene, compression="zip")  # type: ignore[arg-type]

@@ -111,13 +111,13 @@ def _add_scene_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--spz-version",
         type=int,
-        choices=(2, 3, 4),
+        choices=formats.SPZ_VERSIONS,
         help="SPZ version of spz outputs: 2 (default, read everywhere), 3, or 4 (zstd; "
         "splat-transform and PlayCanvas tools, not Spark)",
     )
     parser.add_argument(
         "--glb-compression",
-        choices=("none", "spz"),
+        choices=formats.GLB_COMPRESSIONS,
         help="glb outputs: plain accessors (none, default) or one SPZ stream "
         "(KHR_gaussian_splatting_compression_spz_2)",
     )

@@ -24,6 +24,8 @@ from mlsharp.errors import ConfigError
 __all__ = [
     "FORMATS",
     "FRAMES",
+    "GLB_COMPRESSIONS",
+    "SPZ_VERSIONS",
     "FormatSpec",
     "format_for_path",
     "formats_help",
@@ -35,6 +37,10 @@ __all__ = [
 
 #: Coordinate frames a scene file can be stored in (see :mod:`mlsharp.splat.common`).
 FRAMES: tuple[str, ...] = ("opencv", "opengl")
+#: The SPZ versions the ``spz`` writer produces (``version=``, ``--spz-version``).
+SPZ_VERSIONS: tuple[int, ...] = (2, 3, 4)
+#: How the ``glb`` writer stores the splats (``compression=``, ``--glb-compression``).
+GLB_COMPRESSIONS: tuple[str, ...] = ("none", "spz")
 
 
 @dataclass(frozen=True)

@@ -46,13 +46,14 @@ import math
 import os
 import struct
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 
 from mlsharp._atomic import atomic_write
 from mlsharp._version import __version__
 from mlsharp.errors import ConfigError
+from mlsharp.formats import GLB_COMPRESSIONS
 from mlsharp.gaussians import Gaussians
 from mlsharp.splat.common import (
     DEFAULT_FOCAL_PX,
@@ -82,6 +83,8 @@ _COMPONENTS = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
 _DTYPES = {_FLOAT: "<f4", _UBYTE: "u1", _BYTE: "i1", _USHORT: "<u2", _SHORT: "<i2"}
 # Largest JSON chunk read (a splat file's JSON is a few kilobytes).
 _MAX_JSON_BYTES = 16 << 20
+# Image sizes read from a camera's extras or aspect ratio stay below this.
+_MAX_IMAGE_SIDE = 2**31
 _ZNEAR = 0.01
 # A turn of 180 degrees about z: positions (x, y, z) -> (-x, -y, z), quaternions
 # (w, x, y, z) -> (w, -x, -y, z).
@@ -174,8 +177,10 @@ def _spz_stream(gaussians: Gaussians) -> bytes:
 
 def glb_bytes(gaussians: Gaussians, *, compression: Compression = "none") -> bytes:
     """The bytes of a ``.glb`` holding ``gaussians`` (see the module's description)."""
-    if compression not in ("none", "spz"):
-        raise ConfigError(f"unknown glb compression {compression!r} (choose from: none, spz)")
+    if compression not in GLB_COMPRESSIONS:
+        raise ConfigError(
+            f"unknown glb compression {compression!r} (choose from: {', '.join(GLB_COMPRESSIONS)})"
+        )
     columns = _columns(gaussians)
     blobs: list[bytes] = []
     views: list[dict[str, Any]] = []
@@ -279,30 +284,61 @@ def write_glb(
 # --------------------------------------------------------------------------------------
 
 
-class _Glb:
-    """A parsed ``.glb``: its JSON document and binary chunk."""
+def _objects(value: object) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON list (an array of other things, or no array: none)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
-    def __init__(self, path: Path, data: bytes) -> None:
+
+def _object(value: object) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def _positive(value: object) -> TypeGuard[int | float]:
+    """Whether ``value`` is a finite JSON number above zero (JSON may hold ``Infinity``)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _header_and_json(path: Path) -> bytes:
+    """The first bytes of a ``.glb``: its header and JSON chunk, not the binary chunk."""
+    with open(path, "rb") as fh:
+        head = fh.read(20)
+        if len(head) < 20:
+            return head
+        (json_length,) = struct.unpack_from("<I", head, 12)
+        return head + fh.read(min(json_length, _MAX_JSON_BYTES))
+
+
+class _Glb:
+    """A parsed ``.glb``: its JSON document and binary chunk (``complete=False``: ``data``
+    ends after the JSON chunk, enough to count the splats)."""
+
+    def __init__(self, path: Path, data: bytes, *, complete: bool = True) -> None:
         self.path = path
         if len(data) < 20 or data[:4] != _GLB_MAGIC:
             raise self.fail("no glTF binary header")
         _, version, length = struct.unpack_from("<4sII", data)
         if version != 2:
             raise self.fail(f"glTF binary version {version}, expected 2")
-        if length > len(data):
+        if complete and length > len(data):
             raise self.fail(f"truncated ({len(data)} of {length} bytes)")
         json_length, kind = struct.unpack_from("<II", data, 12)
-        if kind != _JSON_CHUNK or json_length > min(_MAX_JSON_BYTES, length - 20):
+        if kind != _JSON_CHUNK or json_length > min(_MAX_JSON_BYTES, length - 20, len(data) - 20):
             raise self.fail("bad JSON chunk")
         try:
             self.document = json.loads(data[20 : 20 + json_length])
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting: Recursion
             raise self.fail("its JSON chunk is not JSON") from None
         if not isinstance(self.document, dict):
             raise self.fail("its JSON chunk is not an object")
         self.binary = b""
         offset = 20 + json_length
-        if offset + 8 <= length:
+        if complete and offset + 8 <= length:
             bin_length, kind = struct.unpack_from("<II", data, offset)
             if kind != _BIN_CHUNK or bin_length > length - offset - 8:
                 raise self.fail("bad binary chunk")
@@ -336,8 +372,9 @@ class _Glb:
     def accessor(self, index: object, count: int) -> np.ndarray:
         """An accessor's values as float64 (count, components), normalized ints scaled."""
         accessor = self.item("accessors", index)
-        kind = _COMPONENTS.get(accessor.get("type"))  # type: ignore[arg-type]
-        dtype_code = _DTYPES.get(accessor.get("componentType"))  # type: ignore[arg-type]
+        type_name, component = accessor.get("type"), accessor.get("componentType")
+        kind = _COMPONENTS.get(type_name) if isinstance(type_name, str) else None
+        dtype_code = _DTYPES.get(component) if isinstance(component, int) else None
         if kind is None or dtype_code is None or accessor.get("count") != count:
             raise self.fail(f"accessors[{index}] has an unsupported type or count")
         if "sparse" in accessor or "bufferView" not in accessor:
@@ -348,7 +385,7 @@ class _Glb:
         offset = accessor.get("byteOffset", 0)
         if not isinstance(offset, int) or offset < 0 or stride < item:
             raise self.fail(f"accessors[{index}] has a bad offset or stride")
-        if count and offset + stride * (count - 1) + item > len(data):
+        if offset + (stride * (count - 1) + item if count else 0) > len(data):
             raise self.fail(f"accessors[{index}] runs past its buffer view")
         rows = np.lib.stride_tricks.as_strided(
             np.frombuffer(data, dtype=np.uint8, offset=offset, count=len(data) - offset),
@@ -369,9 +406,9 @@ def _denormalize(values: np.ndarray, dtype_code: str) -> np.ndarray:
 
 def _splat_primitive(glb: _Glb) -> tuple[dict[str, Any], dict[str, Any]]:
     """The first primitive with the splatting extension, and that extension object."""
-    for mesh in glb.document.get("meshes") or []:
-        for primitive in (mesh or {}).get("primitives") or []:
-            extension = ((primitive or {}).get("extensions") or {}).get(EXTENSION)
+    for mesh in _objects(glb.document.get("meshes")):
+        for primitive in _objects(mesh.get("primitives")):
+            extension = _object(primitive.get("extensions")).get(EXTENSION)
             if isinstance(extension, dict):
                 return primitive, extension
     raise glb.fail(f"no mesh primitive uses {EXTENSION}")
@@ -379,23 +416,24 @@ def _splat_primitive(glb: _Glb) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _camera_of(glb: _Glb) -> tuple[float, tuple[int, int]]:
     """Focal length (px) and image size from the first perspective camera, else defaults."""
-    for camera in glb.document.get("cameras") or []:
-        extras = (camera or {}).get("extras") or {}
+    for camera in _objects(glb.document.get("cameras")):
+        extras = _object(camera.get("extras"))
         focal, size = extras.get("focal_px"), extras.get("image_size")
         if (
-            isinstance(focal, int | float)
-            and focal > 0
+            _positive(focal)
             and isinstance(size, list)
             and len(size) == 2
-            and all(isinstance(v, int) and 0 < v < 2**31 for v in size)
+            and all(isinstance(v, int) and 0 < v < _MAX_IMAGE_SIDE for v in size)
         ):
             return float(focal), (size[0], size[1])
-        perspective = (camera or {}).get("perspective") or {}
+        perspective = _object(camera.get("perspective"))
         yfov, aspect = perspective.get("yfov"), perspective.get("aspectRatio")
-        if isinstance(yfov, int | float) and 0 < yfov < math.pi:
+        if _positive(yfov) and yfov < math.pi:
             height = DEFAULT_IMAGE_SIZE[1]
-            ratio = aspect if isinstance(aspect, int | float) and aspect > 0 else 4 / 3
-            return height / (2.0 * math.tan(yfov / 2.0)), (round(height * ratio), height)
+            width = height * aspect if _positive(aspect) else 0.0
+            if not 1 <= width < _MAX_IMAGE_SIDE:
+                width = height * 4 / 3
+            return height / (2.0 * math.tan(yfov / 2.0)), (round(width), height)
     return DEFAULT_FOCAL_PX, DEFAULT_IMAGE_SIZE
 
 
@@ -439,21 +477,23 @@ def _read_attributes(
     }
 
 
-def _load(path: Path) -> tuple[_Glb, dict[str, Any], dict[str, Any], int]:
-    glb = _Glb(path, path.read_bytes())
+def _load(path: Path, *, complete: bool = True) -> tuple[_Glb, dict[str, Any], dict[str, Any], int]:
+    data = path.read_bytes() if complete else _header_and_json(path)
+    glb = _Glb(path, data, complete=complete)
     primitive, extension = _splat_primitive(glb)
     attributes = primitive.get("attributes")
     if not isinstance(attributes, dict) or "POSITION" not in attributes:
         raise glb.fail("the splat primitive has no POSITION")
     count = glb.item("accessors", attributes["POSITION"]).get("count")
-    if not isinstance(count, int) or count < 0:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise glb.fail("POSITION has no count")
     return glb, primitive, extension, count
 
 
 def count_glb(path: str | os.PathLike[str]) -> int:
-    """The number of splats of a ``.glb`` (its POSITION accessor's count)."""
-    return _load(Path(path))[3]
+    """The number of splats of a ``.glb`` (its POSITION accessor's count), read from the
+    header and JSON chunk alone."""
+    return _load(Path(path), complete=False)[3]
 
 
 def read_glb(path: str | os.PathLike[str]) -> Gaussians:
@@ -471,7 +511,7 @@ def read_glb(path: str | os.PathLike[str]) -> Gaussians:
     path = Path(path)
     glb, primitive, extension, count = _load(path)
     focal_px, image_size = _camera_of(glb)
-    compressed = (extension.get("extensions") or {}).get(SPZ_EXTENSION)
+    compressed = _object(extension.get("extensions")).get(SPZ_EXTENSION)
     if isinstance(compressed, dict):
         scene = _from_spz(glb, compressed, count)
         scene.focal_px, scene.image_size = focal_px, image_size

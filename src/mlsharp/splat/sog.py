@@ -56,6 +56,7 @@ from mlsharp.splat.common import (
     SceneFormatError,
     change_frame,
     check_frame,
+    check_read_count,
     from_srgb,
     normalized_quaternions,
     srgb_colors,
@@ -76,6 +77,16 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _MAX_SIDE = 16383
 # Bounds of what a reader accepts (a SOG's meta.json is a few kilobytes).
 _MAX_META_BYTES = 1 << 20
+# Splats a reader accepts per byte of the file. Ours take ~10 bytes per splat (the low
+# position bytes are noise to WebP), but a WebP of one flat colour holds millions of texels
+# in a few bytes: a count the file is far too small for is refused before decoding.
+_MAX_SPLATS_PER_BYTE = 1
+# DC coefficients beyond this give colours far outside [0, 1] (0.5 + 0.282 * 8 > 2): the
+# codebook is fitted on clipped values, so infinities cannot turn it into NaN.
+_MAX_ABS_DC = 8.0
+# The largest natural log (of a position's ln(1 + |v|), of a scale) a file may hold: exp()
+# of more does not fit a float32. The writer clips to it, the reader refuses more.
+_MAX_LOG = 88.0
 _WEBP_EFFORT = {"lossless": True, "exact": True, "method": 3, "quality": 50}
 
 
@@ -159,8 +170,9 @@ def _images(gaussians: Gaussians, frame: Frame) -> tuple[dict[str, Any], dict[st
     positions, rotations = change_frame(
         gaussians.positions, normalized_quaternions(gaussians.rotations), "opencv", frame
     )
-    order = _morton_order(positions.astype(np.float64))
+    order = _morton_order(positions.astype(np.float64)) if n else np.arange(0)
     t = _log_transform(np.nan_to_num(positions[order].astype(np.float64)))
+    t = np.clip(t, -_MAX_LOG, _MAX_LOG)
     mins = t.min(axis=0) if n else np.zeros(3)
     maxs = t.max(axis=0) if n else np.zeros(3)
     span = np.where(maxs > mins, maxs - mins, 1.0)
@@ -171,7 +183,7 @@ def _images(gaussians: Gaussians, frame: Frame) -> tuple[dict[str, Any], dict[st
     log_scales = np.clip(np.nan_to_num(log_scales, nan=_MIN_LOG_SCALE), _MIN_LOG_SCALE, 50.0)
     scale_book, scale_labels = _codebook(log_scales)
     f_dc = (srgb_colors(gaussians)[order].astype(np.float64) - 0.5) / SH_C0
-    color_book, color_labels = _codebook(np.nan_to_num(f_dc))
+    color_book, color_labels = _codebook(np.clip(np.nan_to_num(f_dc), -_MAX_ABS_DC, _MAX_ABS_DC))
     alpha = np.rint(np.clip(np.asarray(gaussians.opacities, dtype=np.float64)[order], 0, 1) * 255)
     images = {
         "means_l.webp": np.concatenate([(means & 0xFF).astype(np.uint8), opaque], axis=1),
@@ -246,15 +258,18 @@ def _open_meta(path: Path, archive: zipfile.ZipFile) -> dict[str, Any]:
         raise _fail(path, "meta.json is too large")
     try:
         meta = json.loads(archive.read(info))
-    except (ValueError, zipfile.BadZipFile, OSError):
+    except (ValueError, RecursionError, zipfile.BadZipFile, OSError):  # deep nesting: Recursion
         raise _fail(path, "meta.json is not JSON") from None
     if not isinstance(meta, dict):
         raise _fail(path, "meta.json is not an object")
     if meta.get("version") != 2:
         raise _fail(path, f"SOG version {meta.get('version')!r} (readable: 2)")
     count = meta.get("count")
-    if not isinstance(count, int) or not 0 <= count <= _MAX_SIDE**2:
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= _MAX_SIDE**2:
         raise _fail(path, "meta.json has no valid count")
+    check_read_count(count, path, "meta.json")
+    if count > _MAX_SPLATS_PER_BYTE * path.stat().st_size:
+        raise _fail(path, f"meta.json claims {count:,} splats, more than the file can hold")
     return meta
 
 
@@ -371,12 +386,14 @@ def read_sog(path: str | os.PathLike[str], *, frame: Frame | None = None) -> Gau
         maxs = np.asarray(means.get("maxs"), dtype=np.float64).reshape(3)
     except (TypeError, ValueError):
         raise _fail(path, "means has no mins/maxs") from None
-    if not (np.isfinite(mins).all() and np.isfinite(maxs).all()):
-        raise _fail(path, "means has non-finite bounds")
+    if not (np.abs(mins).max() <= _MAX_LOG and np.abs(maxs).max() <= _MAX_LOG):
+        raise _fail(path, "means has non-finite or out-of-range bounds")
     fraction = (lo[:, :3].astype(np.float64) + 256.0 * hi[:, :3]) / 65535.0
     t = mins + (maxs - mins) * fraction
     positions = np.sign(t) * np.expm1(np.abs(t))
     scale_book = _codebook_of(path, meta.get("scales"))
+    if np.abs(scale_book).max() > _MAX_LOG:
+        raise _fail(path, "the scales codebook is out of range")
     color_book = _codebook_of(path, meta.get("sh0"))
     stored_frame, focal_px, image_size = _camera(meta)
     stored: Frame = check_frame(frame) if frame is not None else (stored_frame or "opencv")

@@ -56,6 +56,7 @@ import numpy as np
 
 from mlsharp._atomic import atomic_write
 from mlsharp.errors import ConfigError
+from mlsharp.formats import SPZ_VERSIONS
 from mlsharp.gaussians import Gaussians
 from mlsharp.splat.common import (
     DEFAULT_FOCAL_PX,
@@ -64,6 +65,7 @@ from mlsharp.splat.common import (
     SceneFormatError,
     change_frame,
     check_frame,
+    check_read_count,
     from_srgb,
     normalized_quaternions,
     srgb_colors,
@@ -100,8 +102,6 @@ _GZIP_LEVEL = 6  # zlib's default, as the reference (Z_DEFAULT_COMPRESSION)
 _MAX_DEFLATE_RATIO = 1100
 
 SpzVersion = Literal[2, 3, 4]
-#: The versions the writer produces.
-SPZ_VERSIONS: tuple[int, ...] = (2, 3, 4)
 
 _HEADER_V4 = struct.Struct("<IIIBBBBI12x")
 _TOC_ENTRY = struct.Struct("<QQ")
@@ -322,6 +322,7 @@ def _read_gzip(path: Path, data: bytes) -> _Packed:
                 raise SceneFormatError(
                     f"{path}: .spz header claims {n} points, more than the file can hold"
                 )
+            check_read_count(n, path, ".spz header")
             body = fh.read(sum(sizes))
     except (OSError, EOFError, zlib.error):
         raise SceneFormatError(f"{path}: not an .spz file (not a valid gzip stream)") from None
@@ -350,7 +351,9 @@ def _zstd_header(path: Path, data: bytes) -> tuple[int, int, int, int, int]:
         raise SceneFormatError(
             f"{path}: .spz header claims {n} points, more than the file can hold"
         )
-    if not (5 <= streams <= _MAX_STREAMS) or not (
+    check_read_count(n, path, ".spz header")
+    # An empty scene has no streams at all (the writer leaves out empty ones).
+    if streams > _MAX_STREAMS or not (
         _HEADER_V4.size <= toc <= len(data) - streams * _TOC_ENTRY.size
     ):
         raise SceneFormatError(f"{path}: .spz header is corrupt (stream table)")

@@ -26,6 +26,7 @@ from mlsharp.service.submit import (
     submit,
 )
 from mlsharp.service.views import job_event_data, job_view
+from mlsharp.splat.density import MAX_SPLATS_LIMIT
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -53,7 +54,7 @@ MaxSplatsForm = Annotated[
     int | None,
     Form(
         ge=1,
-        le=2**31 - 1,
+        le=MAX_SPLATS_LIMIT,
         description="keep at most this many splats, the most important (opacity x area seen "
         "from the photo's camera); SHARP predicts 1,179,648",
     ),

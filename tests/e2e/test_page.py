@@ -79,6 +79,27 @@ def test_upload_a_photo_and_see_it_in_3d(web_server, open_page, artifacts: Path)
     )
 
 
+def test_detail_control_asks_for_fewer_splats(web_server, open_page) -> None:
+    # The Detail presets send max_splats; the job, the viewer and the downloads show the
+    # thinned scene, each download with its size.
+    path = Path(web_server.log_path.parent / "detail.jpg")
+    path.write_bytes(photo_bytes(seed=3))
+    page = open_page(web_server.url).page
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("#preview:not([hidden])")
+    assert page.inner_text("#detail option[value='100000']") == "100,000 splats"
+    page.select_option("#detail", "100000")
+    page.click("#submit")
+    wait_for_scene(page)
+    job_id = re.search(r"job=([\w-]+)", page.url).group(1)
+    job = httpx.get(f"{web_server.url}/v1/jobs/{job_id}").json()
+    assert job["max_splats"] == 100_000 and job["splats"] == 100_000
+    assert page.evaluate("window.mlsharp.viewer.stats.splats") == 100_000
+    assert page.inner_text("#download-count") == "100,000 splats"
+    labels = page.eval_on_selector_all("#download-list a", "els => els.map(e => e.textContent)")
+    assert labels and all(re.fullmatch(r"Download \S+ \(\d+(\.\d)? [KMG]?B\)", t) for t in labels)
+
+
 def test_reopen_a_job_from_the_history(web_server, open_page) -> None:
     path = Path(web_server.log_path.parent / "history.jpg")
     path.write_bytes(photo_bytes(seed=1))

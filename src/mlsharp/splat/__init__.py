@@ -71,8 +71,6 @@ SplatFormat = str
 
 #: The available output formats, in registry order.
 FORMATS: tuple[str, ...] = tuple(registry.FORMATS)
-#: Keyword options each writer accepts (anything else is a :class:`ConfigError`).
-OPTIONS: dict[str, frozenset[str]] = {s.name: s.options for s in registry.FORMATS.values()}
 #: Formats that take a coordinate ``frame`` option, with their default frame.
 FRAME_FORMATS: dict[str, Frame] = {
     s.name: s.frame  # type: ignore[misc]

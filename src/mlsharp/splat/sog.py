@@ -4,7 +4,8 @@ in one zip, written with NumPy and Pillow.
 Written from the format's specification (PlayCanvas developer site, "The SOG Format",
 version 2) and the reader of @playcanvas/splat-transform. We write **version 2**: it is what
 Spark 2 and splat-transform 3.10 read (PlayCanvas has since described a version 3, which
-neither reads yet). A ``.sog`` file is a zip (entries stored, fixed timestamps) of:
+neither reads yet). A ``.sog`` file is a zip (images stored, ``meta.json`` deflated, fixed
+timestamps) of:
 
 ``meta.json``
     ``{"version": 2, "count": N, "means": {"mins", "maxs", "files"}, "scales": {"codebook",

@@ -250,3 +250,23 @@ def test_sog_writer_keeps_infinite_values_readable(tmp_path: Path) -> None:
     assert len(back) == 200
     for values in (back.positions, back.scales, back.colors):
         assert np.isfinite(values).all()
+
+
+def test_spz_v4_harmonics_are_not_decompressed(tmp_path: Path) -> None:
+    # Higher-order harmonics are ignored (in every version); in version 4 they are their own
+    # zstd stream of up to 72 bytes per splat, which is skipped, not inflated for nothing.
+    scene = random_scene(100)
+    data = spz_bytes(scene, version=4)
+    table = data[32 : 32 + 5 * 16]
+    frames = data[32 + 5 * 16 :]
+    harmonics = b"not even zstd"  # never decompressed, so never found out
+    header = bytearray(data[:32])
+    header[12], header[15] = 3, 6  # SH degree 3, six streams
+    entry = struct.pack("<QQ", len(harmonics), 100 * 3 * 15)
+    path = tmp_path / "sh3.spz"
+    path.write_bytes(bytes(header) + table + entry + frames + harmonics)
+    back = splat.read(path)
+    plain = tmp_path / "plain.spz"
+    plain.write_bytes(data)
+    np.testing.assert_array_equal(back.positions, splat.read(plain).positions)
+    np.testing.assert_array_equal(back.colors, splat.read(plain).colors)

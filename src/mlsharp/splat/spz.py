@@ -390,7 +390,10 @@ def _read_zstd(path: Path, data: bytes) -> _Packed:
         compressed, uncompressed = _TOC_ENTRY.unpack_from(data, toc + index * _TOC_ENTRY.size)
         if uncompressed != size or compressed > len(data) - offset:
             raise SceneFormatError(f"{path}: .spz stream table does not match its header")
-        streams.append(_unzstd(path, data[offset : offset + compressed], size))
+        # The sixth stream holds higher-order harmonics, which are not read (as in versions
+        # 1-3): not decompressed either, it would be up to 72 bytes per splat.
+        if index < 5:
+            streams.append(_unzstd(path, data[offset : offset + compressed], size))
         offset += compressed
     if offset != len(data):
         raise SceneFormatError(f"{path}: .spz has {len(data) - offset} bytes after its streams")

@@ -220,6 +220,7 @@ def test_candidates_per_device():
     turing = precision_candidates("cuda", tf32=False, bf16=False)
     assert labels(turing)[::2] == ["fp32", "fp16"]
     assert labels(precision_candidates("mps", tf32=False, bf16=True)) == ["fp32", "fp16", "bf16"]
+    assert labels(precision_candidates("mps", tf32=False, bf16=False)) == ["fp32", "fp16"]
     base = RuntimeOptions(precision="bf16", channels_last=True)
     assert labels(acceleration_candidates(base, "cuda", compile=True)) == [
         "bf16+channels_last+compile",
@@ -404,7 +405,7 @@ def test_cache_lives_under_mlsharp_cache(cache):
     assert cache_root() == cache / "autotune"
 
 
-def seed_cache(checkpoint, best: RuntimeOptions) -> AutotuneResult:
+def seed_cache(checkpoint, best: RuntimeOptions, batch_size: int = 1) -> AutotuneResult:
     """A cached result for the tiny preset on this CPU, as a tuning run would store it."""
     key = tune_key(
         checkpoint,
@@ -412,6 +413,7 @@ def seed_cache(checkpoint, best: RuntimeOptions) -> AutotuneResult:
         device=torch.device("cpu"),
         resolution=None,
         probe=probe_system(query_driver=False),
+        batch_size=batch_size,
     )
     result = AutotuneResult(
         key=key,
@@ -432,13 +434,35 @@ def seed_cache(checkpoint, best: RuntimeOptions) -> AutotuneResult:
 def test_server_options_follow_the_autotune_setting(cache, tiny_checkpoint):
     from mlsharp.config import Settings
 
-    seeded = seed_cache(tiny_checkpoint, RuntimeOptions(precision="bf16", channels_last=True))
+    # The server runs batches of 3: the choice timed at batch 3 is the one it takes.
+    seed_cache(tiny_checkpoint, RuntimeOptions(channels_last=True), batch_size=1)
+    best = RuntimeOptions(precision="bf16", channels_last=True)
+    seeded = seed_cache(tiny_checkpoint, best, batch_size=3)
     common = {"preset": "tiny", "checkpoint": str(tiny_checkpoint), "device": "cpu"}
     plain = Settings(**common, precision="fp16", batch_size=3)
     assert server_options(plain) == plain.runtime_options()  # no autotune: the settings
     tuned = server_options(Settings(**common, autotune=True, batch_size=3))
     assert tuned == RuntimeOptions(precision="bf16", channels_last=True, batch_size=3)
     assert load_cached(seeded.key).best == seeded.best
+
+
+def test_serving_batch_size_is_what_the_server_batches():
+    from mlsharp.config import Settings
+    from mlsharp.runtime.autotune import serving_batch_size
+
+    assert serving_batch_size(Settings(workers=1)) == 1
+    assert serving_batch_size(Settings(workers=4)) == 4  # four threads share forwards
+    assert serving_batch_size(Settings(workers=4, batch_size=8)) == 8
+    assert serving_batch_size(Settings(workers=64)) == 16  # the estimate's cap
+
+
+def test_autotune_times_the_batch_size_asked_for(cache, tiny_checkpoint):
+    single = tune(tiny_checkpoint)
+    batched = tune(tiny_checkpoint, batch_size=2)
+    assert (single.key.batch_size, batched.key.batch_size) == (1, 2)
+    assert batched.path != single.path and not batched.from_cache
+    assert batched.reference.ran and batched.reference.times[0] > 0  # seconds per photo
+    assert tune(tiny_checkpoint, batch_size=2).from_cache
 
 
 def test_serve_with_autotune_runs_the_cached_choice(cache, tiny_checkpoint, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mlsharp.engine import Engine, StageTimes
-from mlsharp.errors import ConfigError
+from mlsharp.errors import ConfigError, NonFiniteOutput
 from mlsharp.imaging import load_image
 from mlsharp.runtime.memory import estimate_batch_size
 from mlsharp.runtime.options import RuntimeOptions
@@ -110,6 +110,50 @@ def test_a_batch_gives_each_photo_its_own_outcome(engine, photos, singles):
         assert outcome.unwrap().metadata["timings"].extra["batch_size"] == 1.0
 
 
+def test_a_photo_whose_covariances_are_not_finite_fails_alone(engine, photos, singles):
+    # A focal length of 1e-300 px (a corrupt EXIF value) makes that photo's covariances
+    # non-finite: it fails with NonFiniteOutput naming it; its batch mates keep their
+    # results from the shared forward (not retried: batch size 3).
+    absurd = dataclasses.replace(photos[1], focal_px=1e-300, name="absurd.png")
+    outcomes = engine.predict_batch([photos[0], absurd, photos[2]])
+    assert isinstance(outcomes[1].error, NonFiniteOutput), outcomes[1].error
+    assert "absurd.png" in str(outcomes[1].error) and outcomes[1].gaussians is None
+    for index in (0, 2):
+        gaussians = outcomes[index].unwrap()
+        assert_close(gaussians, singles[index], FP32_ROUNDING)
+        assert gaussians.metadata["timings"].extra["batch_size"] == 3.0
+
+
+class _NaNForPhoto:
+    """The engine's runtime, with NaN colours in one photo's network output (what
+    broken weights or an overflowing precision give)."""
+
+    def __init__(self, runtime, index: int) -> None:
+        self.runtime, self.index = runtime, index
+
+    def __getattr__(self, name: str):
+        return getattr(self.runtime, name)
+
+    def run(self, images, factors):
+        composed = self.runtime.run(images, factors)
+        with torch.inference_mode():  # the output is an inference tensor
+            composed.colors[self.index, :5] = float("nan")
+        return composed
+
+
+def test_a_photo_with_nan_output_fails_alone(engine, photos, singles):
+    poisoned = Engine(_NaNForPhoto(engine.runtime, 1))
+    outcomes = poisoned.predict_batch(photos)
+    assert isinstance(outcomes[1].error, NonFiniteOutput)
+    assert "5 of" in str(outcomes[1].error) and "colors" in str(outcomes[1].error)
+    for index in (0, 2):
+        gaussians = outcomes[index].unwrap()
+        assert_close(gaussians, singles[index], FP32_ROUNDING)
+        assert gaussians.metadata["timings"].extra["batch_size"] == 3.0
+    with pytest.raises(NonFiniteOutput):  # alone, the same photo fails the same way
+        Engine(_NaNForPhoto(engine.runtime, 0)).predict(photos[1])
+
+
 def test_a_stage_callback_error_fails_only_its_photo(engine, photos, singles):
     class Canceled(Exception):
         pass
@@ -149,6 +193,7 @@ def test_batch_estimate_is_one_off_cuda():
     assert estimate_batch_size(torch.device("cpu"), None) == 1
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_batch_estimate_uses_measured_memory(tiny_checkpoint, photos):
     engine = Engine.load(tiny_checkpoint, preset="tiny", device="cuda", download=False)
@@ -182,3 +227,21 @@ def test_cli_predicts_in_batches(run_cli, tiny_checkpoint, tmp_path):
         a = read_ply(tmp_path / "one" / f"p{index}.ply")
         b = read_ply(tmp_path / "many" / f"p{index}.ply")
         assert_close(b, a, FP32_ROUNDING)
+
+
+def test_fixed_shape_forwards_run_in_bucket_sizes(tiny_checkpoint, photos):
+    # compile / CUDA graphs pay a compilation or capture per input shape: batches are cut
+    # into bucket sizes (3 photos: 2 + 1; 7: 4 + 2 + 1), not run at every size.
+    engine = Engine.load(
+        tiny_checkpoint,
+        preset="tiny",
+        device="cpu",
+        download=False,
+        options=RuntimeOptions(compile=True, batch_size=6),
+    )
+    assert engine.suggested_batch_size() == 4
+    engine.runtime._forward = engine.model  # the eager network: this test is about the shapes
+    shapes: list[int] = []
+    engine.model.register_forward_pre_hook(lambda _, args: shapes.append(args[0].shape[0]))
+    results = engine.predict_many(photos, batch_size=3)
+    assert shapes == [2, 1] and len(results) == 3

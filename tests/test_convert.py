@@ -118,11 +118,11 @@ def test_predict_depth_files_agree(predicted: Path) -> None:
 def test_predict_unknown_format_fails_before_any_work(tmp_path: Path, tiny_checkpoint) -> None:
     shutil.copy(ASTRONAUT, tmp_path / "a.jpg")
     result = mlsharp(
-        "predict", "a.jpg", "-o", "out", "--format", "ply,glb", *tiny(tiny_checkpoint), cwd=tmp_path
+        "predict", "a.jpg", "-o", "out", "--format", "ply,obj", *tiny(tiny_checkpoint), cwd=tmp_path
     )
     assert result.returncode == 2
     line = one_error_line(result)
-    assert "'glb'" in line and "spz" in line
+    assert "'obj'" in line and "spz" in line
     assert not (tmp_path / "out").exists()
 
 
@@ -295,3 +295,53 @@ def test_convert_reads_a_plain_3dgs_ply_by_its_layout(predicted: Path, tmp_path:
             back["vertex"][name], original["vertex"][name], rtol=1e-4, atol=2e-4
         )
     assert splat.read(tmp_path / "back.ply").focal_px == pytest.approx(reference.focal_px)
+
+
+def test_predict_new_formats_with_fewer_splats(tmp_path: Path, tiny_checkpoint) -> None:
+    shutil.copy(ASTRONAUT, tmp_path / "a.jpg")
+    result = mlsharp(
+        "predict", "a.jpg", "-o", "out", "--format", "glb,sog,spz", "--spz-version", "4",
+        "--max-splats", "5000", *tiny(tiny_checkpoint), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    for name in ("a.glb", "a.sog", "a.spz"):
+        assert splat.count(out / name) == 5000, name
+        size = (out / name).stat().st_size
+        shown = f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+        assert f"out/{name} ({shown})" in result.stderr, result.stderr
+    assert f"5,000 of {TINY_GAUSSIANS:,} Gaussians" in result.stderr
+    assert (out / "a.spz").read_bytes()[:8] == struct.pack("<4sI", b"NGSP", 4)
+
+
+def test_convert_and_render_read_every_scene_format(tmp_path: Path) -> None:
+    from tests.test_formats import random_scene
+
+    scene = random_scene(400)
+    scene.image_size, scene.focal_px = (64, 48), 60.0
+    scenes = [f for f in splat.FORMATS if f not in splat.DEPTH_FORMATS]
+    for fmt in scenes:
+        splat.write(scene, tmp_path / f"src{splat.SUFFIXES[fmt]}", fmt)
+    from mlsharp.commands.convert import convert
+
+    for source in scenes:
+        for target in scenes:
+            dest = tmp_path / f"{source}-to{splat.SUFFIXES[target]}"
+            convert(tmp_path / f"src{splat.SUFFIXES[source]}", dest)
+            assert splat.count(dest) == 400, (source, target)
+    result = mlsharp(
+        "convert", "src.glb", "thin.sog", "--max-splats", "100", "--min-opacity", "0.2",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "100 splats" in result.stderr and splat.count(tmp_path / "thin.sog") == 100
+    refused = mlsharp("convert", "src.sog", "x.glb", "--frame", "opencv", cwd=tmp_path)
+    assert refused.returncode == 2 and "always in the opengl frame" in one_error_line(refused)
+    for fmt in ("sog", "glb"):
+        rendered = mlsharp(
+            "render", f"src{splat.SUFFIXES[fmt]}", "-o", f"{fmt}.png", "--size", "32x24",
+            "--device", "cpu", "-q", cwd=tmp_path,
+        )  # fmt: skip
+        assert rendered.returncode == 0, rendered.stderr
+        with Image.open(tmp_path / f"{fmt}.png") as image:
+            assert image.size == (32, 24)

@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ from mlsharp.runtime.devices import (
     diagnose,
     probe_system,
 )
+from mlsharp.runtime.devices import _gpus as gpus_of
 from mlsharp.runtime.doctor import EXIT_CHECKPOINT, EXIT_DEVICE, EXIT_OK, check_checkpoint, examine
 from mlsharp.runtime.options import RuntimeOptions
 
@@ -251,6 +253,43 @@ def test_probe_of_this_machine_matches_torch(cache):
     assert probe.cpu.threads == torch.get_num_threads()
     assert probe.cpu.capability == torch.backends.cpu.get_cpu_capability()
     json.dumps(probe.to_dict())  # JSON-able
+
+
+class _CudaWithoutContexts:
+    """What ``_gpus`` may use of ``torch`` on a two-GPU machine: device count, properties,
+    NVML memory. The CUDA calls that create a context on a GPU (``mem_get_info``,
+    ``torch.cuda.device``, ``set_device``, ``is_bf16_supported``) are recorded as misuse.
+    (No GPU here; on a GPU ``benchmarks/gpu_check.py`` checks the real
+    ``torch._C._cuda_hasPrimaryContext`` after a probe.)"""
+
+    def __init__(self) -> None:
+        self.context_calls: list[str] = []
+        turing = SimpleNamespace(name="T4", major=7, minor=5, total_memory=16 * 2**30)
+        hopper = SimpleNamespace(name="H100", major=9, minor=0, total_memory=80 * 2**30)
+        self.props = [turing, hopper]
+        self.version = SimpleNamespace(hip=None, cuda="12.8")
+        self.cuda = SimpleNamespace(
+            device_count=lambda: 2,
+            get_device_properties=lambda index: self.props[index],
+            device_memory_used=lambda index: 2**30,
+            mem_get_info=lambda *a: self._misuse("mem_get_info"),
+            device=lambda *a: self._misuse("device"),
+            set_device=lambda *a: self._misuse("set_device"),
+            is_bf16_supported=lambda *a, **k: self._misuse("is_bf16_supported"),
+        )
+
+    def _misuse(self, name: str):
+        self.context_calls.append(name)
+        raise AssertionError(f"torch.cuda.{name} creates a CUDA context")
+
+
+def test_gpu_probe_creates_no_context_on_any_gpu():
+    fake = _CudaWithoutContexts()
+    found = gpus_of(fake, ("sm_75", "sm_90"))
+    assert fake.context_calls == []
+    assert [g.name for g in found] == ["T4", "H100"]
+    assert [g.bf16 for g in found] == [False, True]  # the T4 only emulates bf16
+    assert [g.free_memory for g in found] == [15 * 2**30, 79 * 2**30]  # from NVML
 
 
 def test_report_exit_codes_and_next_steps(cache, tiny_checkpoint):

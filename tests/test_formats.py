@@ -69,6 +69,8 @@ def test_every_format_has_a_suffix_and_media_type() -> None:
         "ply-standard",
         "splat",
         "spz",
+        "sog",
+        "glb",
         "depth",
         "depth-npy",
         "depth-preview",
@@ -113,8 +115,8 @@ def test_parse_formats_expands_depth_and_rejects_unknown_names() -> None:
     assert splat.parse_formats(" SPZ, ply ,spz") == ("spz", "ply")
     assert splat.parse_formats("ply,depth") == ("ply", "depth", "depth-npy", "depth-preview")
     assert splat.parse_formats(["depth-npy"]) == ("depth-npy",)
-    with pytest.raises(ConfigError, match="'glb'"):
-        splat.parse_formats("ply,glb")
+    with pytest.raises(ConfigError, match="'obj'"):
+        splat.parse_formats("ply,obj")
     with pytest.raises(ConfigError, match="no output format"):
         splat.parse_formats(" , ")
 

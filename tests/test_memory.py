@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import httpx
@@ -313,6 +314,122 @@ def test_guard_releases_once_per_idle_period():
     assert MemoryGuard(CPU, idle_seconds=0).maybe_release_idle() is False
 
 
+def test_release_waits_for_another_threads_work():
+    guard = MemoryGuard(CPU, reclaim_threshold=1e-9, idle_seconds=0.01)
+    inside, leave = threading.Event(), threading.Event()
+    events: list[str] = []
+    guard.release_hooks.append(lambda: events.append("release"))
+
+    def forward():
+        with guard.working():
+            events.append("forward starts")
+            inside.set()
+            leave.wait(10)
+            events.append("forward ends")
+
+    worker = threading.Thread(target=forward)
+    worker.start()
+    inside.wait(10)
+    assert guard.busy
+    # Between-job and idle releases from other threads give up while a forward runs ...
+    assert guard.after_job() is False
+    guard.note_activity()
+    time.sleep(0.05)
+    assert guard.maybe_release_idle() is False
+    # ... and an out-of-memory release waits for it to end.
+    oom = threading.Thread(target=guard.release, args=("oom",))
+    oom.start()
+    time.sleep(0.1)
+    assert events == ["forward starts"]  # still waiting
+    leave.set()
+    oom.join(10)
+    worker.join(10)
+    assert events == ["forward starts", "forward ends", "release"]
+    assert guard.releases == {"oom": 1}
+    assert guard.maybe_release_idle() is True  # idle and free now
+
+
+def test_release_inside_own_work_does_not_wait_for_itself():
+    guard = MemoryGuard(CPU)
+    with guard.working(), guard.working():  # re-entrant
+        assert guard.release("oom") is True
+    assert not guard.busy
+
+
+def test_new_work_waits_while_a_release_runs():
+    guard = MemoryGuard(CPU)
+    releasing, finish = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def slow_hook():
+        releasing.set()
+        finish.wait(10)
+        order.append("release done")
+
+    guard.release_hooks.append(slow_hook)
+    releaser = threading.Thread(target=guard.release, args=("idle",))
+    releaser.start()
+    releasing.wait(10)
+
+    def forward():
+        with guard.working():
+            order.append("forward")
+
+    worker = threading.Thread(target=forward)
+    worker.start()
+    time.sleep(0.1)
+    assert order == []
+    finish.set()
+    releaser.join(10)
+    worker.join(10)
+    assert order == ["release done", "forward"]
+
+
+def test_engine_forward_runs_inside_the_guards_work(tiny_checkpoint):
+    from mlsharp.engine import Engine
+    from mlsharp.imaging import load_image
+    from tests.test_precision import structured_photo
+
+    engine = Engine.load(tiny_checkpoint, preset="tiny", device="cpu", download=False)
+    busy: list[bool] = []
+    engine.model.register_forward_pre_hook(lambda *_: busy.append(engine.memory_guard.busy))
+    engine.predict(load_image(structured_photo(64, 48), focal_mm=30))
+    engine.memory_guard = MemoryGuard(CPU)  # the service swaps in its configured guard
+    engine.warmup()
+    assert busy == [True, True]
+    assert not engine.memory_guard.busy
+
+
+BATCH_CEILING_CHILD = textwrap.dedent(
+    """
+    engine = Engine.load(sys.argv[1], preset="tiny", device="cpu", download=False,
+                         options=RuntimeOptions(resolution=1024, batch_size=4))
+    photo = load_image(structured_photo(64, 48), focal_mm=30)
+    engine.predict(photo)
+    report = {"before": engine.suggested_batch_size()}
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    # As CHILD: one photo fits in this margin, the options' batch of four does not; the
+    # engine retries that batch photo by photo.
+    resource.setrlimit(resource.RLIMIT_AS, (vm_size() + 400 * 2**20, hard))
+    report["batch"] = [g.metadata["timings"].extra["batch_size"]
+                       for g in engine.predict_many([photo] * 4)]
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    report["after"] = engine.suggested_batch_size()
+    report["sizes"] = [g.metadata["timings"].extra["batch_size"]
+                       for g in engine.predict_many([photo] * 4)]
+    print(json.dumps(report))
+    """
+)
+
+
+def test_batch_estimate_learns_from_out_of_memory(tiny_checkpoint):
+    env = {**os.environ, "MALLOC_ARENA_MAX": "1"}  # as above: margins independent of threads
+    report = run_child(BATCH_CEILING_CHILD, str(tiny_checkpoint), env=env)
+    assert report["batch"] == [1.0] * 4  # the batch of four ran out of memory: one by one
+    assert (report["before"], report["after"]) == (4, 2)  # halved, not tried at 4 again
+    assert report["sizes"] == [2.0] * 4
+
+
 def test_release_on_cpu_without_cuda_is_safe():
     release_cached_memory(CPU)  # gc + malloc_trim; must not touch CUDA
 
@@ -351,6 +468,7 @@ def test_settings_validate_memory_options():
         Settings.load(None, memory_release_idle_seconds=-1)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_out_of_memory_is_recognised_and_cache_released():
     device = torch.device("cuda")
@@ -363,6 +481,9 @@ def test_cuda_out_of_memory_is_recognised_and_cache_released():
         )
     kept = torch.empty(2**28, dtype=torch.uint8, device=device)
     del kept
-    assert torch.cuda.memory_reserved(device) > 0
+    cached = torch.cuda.memory_reserved(device)
+    assert cached >= 2**28
     release_cached_memory(device)
-    assert torch.cuda.memory_reserved(device) == 0
+    # The freed block goes back to the driver. Not everything: memory still in use (the
+    # cuBLAS/cuDNN workspaces of earlier tests, live tensors) stays reserved, so 0 is wrong.
+    assert torch.cuda.memory_reserved(device) <= cached - 2**28

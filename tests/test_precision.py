@@ -20,6 +20,9 @@ real weights on a given device ``mlsharp autotune`` checks the same properties.
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,10 +37,24 @@ from mlsharp.imaging import LoadedImage, load_image
 from mlsharp.model import build_model
 from mlsharp.model.layers import Fp32GroupNorm, Fp32LayerNorm
 from mlsharp.runtime.options import RuntimeOptions
-from mlsharp.runtime.precision import check_precision, cuda_fp32_math, precision_context
+from mlsharp.runtime.precision import (
+    check_precision,
+    cuda_bf16_native,
+    cuda_fp32_math,
+    mps_bf16_supported,
+    precision_context,
+    tf32_state,
+)
+from tests.conftest import REPO
 
 CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (run on the device machine)")
+
+
+def needs_cuda(test):
+    """CUDA only: skipped without a GPU; ``pytest -m cuda`` selects these
+    (``benchmarks/gpu_check.py`` runs them on the device machine)."""
+    skip = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (run on the device machine)")
+    return pytest.mark.cuda(skip(test))
 
 
 @dataclass(frozen=True)
@@ -271,23 +288,60 @@ def test_all_attention_goes_through_sdpa():
 
 
 def test_tf32_flags_are_scoped_and_restored():
-    before = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    before = tf32_state()
     with cuda_fp32_math(True):
-        assert torch.get_float32_matmul_precision() == "high"
-        assert torch.backends.cudnn.allow_tf32 is True
-    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before
+        assert tf32_state() == ("tf32", "tf32")
+    assert tf32_state() == before
     with pytest.raises(RuntimeError, match="boom"), cuda_fp32_math(False):
-        assert torch.get_float32_matmul_precision() == "highest"
-        assert torch.backends.cudnn.allow_tf32 is False
+        assert tf32_state() == ("ieee", "ieee")
         raise RuntimeError("boom")
-    assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before
+    assert tf32_state() == before
+
+
+TF32_AFTER_NEW_API = """
+import torch
+from mlsharp.runtime.precision import cuda_fp32_math, tf32_state
+# Another library in the process switches TF32 on with torch's new per-backend API; from
+# then on torch's legacy getters raise ("mix of the legacy and new APIs").
+torch.backends.cuda.matmul.fp32_precision = "tf32"
+with cuda_fp32_math(False):
+    inside = tf32_state()
+print(inside, tf32_state())
+"""
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9")
+def test_tf32_scope_works_after_the_new_fp32_precision_api_was_used():
+    # A fresh process: the switches are process-wide and the state is sticky.
+    result = subprocess.run(
+        [sys.executable, "-c", TF32_AFTER_NEW_API],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["('ieee',", "'ieee')", "('tf32',", "'tf32')"]
+
+
+def test_bf16_only_where_the_gpu_computes_it_natively():
+    assert not cuda_bf16_native((7, 5), None)  # Turing (T4): emulated, slower than fp32
+    assert not cuda_bf16_native((7, 0), None)  # Volta (V100)
+    assert cuda_bf16_native((8, 0), None) and cuda_bf16_native((9, 0), None)
+    assert cuda_bf16_native((9, 4), "6.4")  # ROCm (MI300): torch counts AMD GPUs as bf16
+
+
+def test_mps_bf16_needs_macos_14():
+    assert not mps_bf16_supported("13.6.1")
+    assert mps_bf16_supported("14.0") and mps_bf16_supported("15.3.2")
+    assert not mps_bf16_supported("")  # unknown: not claimed
 
 
 def test_cpu_precision_context_leaves_global_flags_alone():
-    before = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    before = tf32_state()
     with precision_context("bf16", torch.device("cpu")):
         assert torch.is_autocast_enabled("cpu")
-        assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before
+        assert tf32_state() == before
     assert not torch.is_autocast_enabled("cpu")
 
 
@@ -372,3 +426,39 @@ def test_fast_path_matches_fp32_reference_on_cuda(tiny_checkpoint, photo, option
 def test_cuda_reference_matches_cpu_reference(tiny_checkpoint, photo, reference):
     # fp32 on CUDA switches cuDNN's default TF32 convolutions off for the forward.
     assert_close(_engine(tiny_checkpoint, "cuda").predict(photo), reference, FP32_ROUNDING)
+
+
+@needs_cuda
+@pytest.mark.parametrize("index", [0, 1], ids=["cuda:0", "cuda:1"])
+def test_cuda_graphs_replay_each_photo_on_the_engines_gpu(tiny_checkpoint, index):
+    # Two different photos, replayed alternately, from a worker thread whose current
+    # device is cuda:0: a graph captured on another device's stream, or one that replays
+    # the first photo's input, fails this.
+    if index >= torch.cuda.device_count():
+        pytest.skip("needs a second GPU")
+    device = f"cuda:{index}"
+    photos = [
+        load_image(structured_photo(320, 240, seed=1), focal_mm=30),
+        load_image(structured_photo(200, 260, seed=2), focal_mm=50),
+    ]
+    eager = _engine(tiny_checkpoint, device)
+    graphs = _engine(tiny_checkpoint, device, cuda_graphs=True)
+    expected = [eager.predict(p) for p in photos]
+    replayed: list[Gaussians] = []
+    failure: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            replayed.extend(graphs.predict(p) for p in photos + photos)
+        except BaseException as error:
+            failure.append(error)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(300)
+    assert not failure, failure
+    for got, want in zip(replayed, expected + expected, strict=True):
+        assert_close(got, want, FP32_ROUNDING)
+    assert not np.allclose(replayed[0].positions[:100], replayed[1].positions[:100])
+    assert graphs.runtime._graphs is not None
+    assert graphs.runtime._graphs.device == torch.device(device)

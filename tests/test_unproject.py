@@ -64,3 +64,47 @@ def test_unproject_scales_axes_and_preserves_covariance():
     np.testing.assert_allclose(np.linalg.norm(g.rotations, axis=1), 1.0, rtol=1e-6)
     assert g.image_size == (640, 480) and g.focal_px == focal
     assert g.positions.dtype == np.float32 and g.positions.flags.c_contiguous
+
+
+def test_float64_jacobi_equals_the_eigendecomposition_reference():
+    # The reference path on ROCm (no batched eigensolver there): same scales, same
+    # covariance and the same canonical rotation wherever the axes are distinct.
+    from mlsharp.unproject import (
+        principal_axes_jacobi64,
+        principal_axes_reference,
+        uses_jacobi_reference,
+    )
+
+    gen = torch.Generator().manual_seed(4)
+    n = 20_000
+    q = torch.randn(n, 4, generator=gen, dtype=torch.float64)
+    scales = torch.rand(n, 3, generator=gen, dtype=torch.float64) * 0.05 + 1e-4
+    scales[:500, 1] = scales[:500, 0]  # two equal axes (a degenerate plane)
+    scales[500:1000] *= torch.tensor([1.0, 1e-3, 1e-4], dtype=torch.float64)  # thin
+    rotations = quaternions_to_matrices(q / q.norm(dim=-1, keepdim=True))
+    aspect = torch.tensor([0.64, 0.48, 1.0], dtype=torch.float64)
+    spans = aspect[None, :, None] * rotations * scales[:, None, :]  # T R S
+
+    ref_scales, ref_rot = principal_axes_reference(spans)
+    got_scales, got_rot = principal_axes_jacobi64(spans)
+    assert got_scales.dtype == torch.float64
+    # Both to float64 rounding relative to the largest axis. (On thin Gaussians the Jacobi
+    # SVD of M is the more accurate one: eigh of M M^T squares the condition number.)
+    truth = torch.linalg.svdvals(spans)
+    assert ((got_scales - truth).abs() / truth[:, :1]).max() < 1e-12
+    assert ((got_scales - ref_scales).abs() / ref_scales[:, :1]).max() < 1e-9
+
+    def covariance(rot, s):
+        return rot @ torch.diag_embed(s**2) @ rot.transpose(-1, -2)
+
+    expected = covariance(ref_rot, ref_scales)
+    diff = (covariance(got_rot, got_scales) - expected).flatten(1).norm(dim=1)
+    assert (diff / expected.flatten(1).norm(dim=1)).max() < 1e-10
+    gaps = (ref_scales[:, :-1] - ref_scales[:, 1:]).min(dim=1).values / ref_scales[:, 0]
+    distinct = gaps > 1e-4
+    assert distinct.sum() > n // 2
+    assert (got_rot[distinct] - ref_rot[distinct]).abs().max() < 1e-8
+    assert torch.allclose(torch.linalg.det(got_rot), torch.ones(n, dtype=torch.float64))
+    assert uses_jacobi_reference(torch.device("cuda"), "6.4")
+    assert not uses_jacobi_reference(torch.device("cuda"), None)
+    assert not uses_jacobi_reference(torch.device("cpu"), "6.4")

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from mlsharp import formats
 from mlsharp._version import __version__
 from mlsharp.choices import (
     BACKEND_CHOICES,
@@ -29,9 +30,8 @@ from mlsharp.runtime.options import PRECISION_CHOICES
 EXIT_BROKEN_PIPE = 141
 EXIT_INTERRUPTED = 130
 
-#: Coordinate frames of the viewer formats (mirrors mlsharp.splat.FRAMES, kept here so
-#: ``--help`` does not import NumPy).
-FRAME_CHOICES = ("opencv", "opengl")
+#: Coordinate frames of the viewer formats (from the NumPy-free format table).
+FRAME_CHOICES = formats.FRAMES
 
 #: Each command's runner as (module, function), imported only when the command runs so
 #: heavy modules stay out of ``--help``. A runner takes the parsed arguments and returns
@@ -110,6 +110,67 @@ def _add_backend_options(parser: argparse.ArgumentParser, *, int8: bool = True) 
         )
 
 
+def _frame_help(what: str = "outputs") -> str:
+    takes = [s for s in formats.FORMATS.values() if s.takes_frame]
+    defaults = ", ".join(f"{s.frame} for {s.name}" for s in takes)
+    return (
+        f"coordinate frame of {what} in {', '.join(s.name for s in takes)} (default: "
+        f"{defaults}; see docs/formats.md)"
+    )
+
+
+def _positive_int(value: str) -> int:
+    """argparse type of counts: a whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return number
+
+
+def _opacity(value: str) -> float:
+    """argparse type of ``--min-opacity``: a number from 0 to 1 (1 excluded)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0.0 <= number < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1)")
+    return number
+
+
+def _add_scene_options(parser: argparse.ArgumentParser) -> None:
+    """Format options and density control of ``predict`` and ``convert`` (docs/formats.md)."""
+    parser.add_argument(
+        "--spz-version",
+        type=int,
+        choices=formats.SPZ_VERSIONS,
+        help="SPZ version of spz outputs: 2 (default, read everywhere), 3, or 4 (zstd; "
+        "splat-transform and PlayCanvas tools, not Spark)",
+    )
+    parser.add_argument(
+        "--glb-compression",
+        choices=formats.GLB_COMPRESSIONS,
+        help="glb outputs: plain accessors (none, default) or one SPZ stream "
+        "(KHR_gaussian_splatting_compression_spz_2)",
+    )
+    parser.add_argument(
+        "--max-splats",
+        type=_positive_int,
+        metavar="N",
+        help="keep the N most important splats (opacity x area seen from the photo's "
+        "camera; SHARP predicts 1,179,648)",
+    )
+    parser.add_argument(
+        "--min-opacity",
+        type=_opacity,
+        metavar="A",
+        help="drop splats less opaque than A (0 to 1), before --max-splats",
+    )
+
+
 def _add_runtime_options(parser: argparse.ArgumentParser, *, batching: bool = True) -> None:
     """``--precision``, ``--resolution`` and (with ``batching``) ``--batch-size``
     (docs/runtime.md)."""
@@ -177,18 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="35 mm-equivalent focal length, overriding EXIF (default: EXIF, else 30 mm)",
     )
     predict.add_argument(
-        "--format",
-        default="ply",
-        metavar="FMT[,FMT...]",
-        help="output formats, comma-separated: ply (reference layout, default), ply-standard, "
-        "splat, spz, depth (= depth PNG + .npy + preview), depth-npy, depth-preview",
+        "--format", default="ply", metavar="FMT[,FMT...]", help=formats.formats_help()
     )
-    predict.add_argument(
-        "--frame",
-        choices=FRAME_CHOICES,
-        help="coordinate frame of ply-standard, splat and spz outputs (default: opencv for "
-        "ply-standard and splat, opengl for spz; see docs/formats.md)",
-    )
+    predict.add_argument("--frame", choices=FRAME_CHOICES, help=_frame_help())
+    _add_scene_options(predict)
     _add_runtime_options(predict)
     _add_backend_options(predict)
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -283,25 +336,22 @@ def build_parser() -> argparse.ArgumentParser:
     random_ckpt.add_argument("-o", "--output", required=True, metavar="FILE")
     random_ckpt.add_argument("--seed", type=int, default=0)
 
+    scene_suffixes = ", ".join(s.suffix for s in formats.FORMATS.values() if s.scene)
     convert = commands.add_parser(
         "convert",
         help="convert a scene file to another format (chosen by the file suffixes)",
-        description="Read IN and write OUT; formats come from the suffixes: .ply (reference "
-        "layout), .standard.ply (viewer-safe PLY), .splat, .spz.",
+        description=f"Read IN and write OUT; formats come from the suffixes: {scene_suffixes}.",
     )
-    convert.add_argument("input", metavar="IN", help=".ply, .standard.ply, .splat or .spz file")
-    convert.add_argument("output", metavar="OUT", help="output file (.ply, .standard.ply, ...)")
-    convert.add_argument(
-        "--frame",
-        choices=FRAME_CHOICES,
-        help="coordinate frame of OUT when it is .standard.ply, .splat or .spz",
-    )
+    convert.add_argument("input", metavar="IN", help=f"scene file ({scene_suffixes})")
+    convert.add_argument("output", metavar="OUT", help="output file (.ply, .sog, .glb, ...)")
+    convert.add_argument("--frame", choices=FRAME_CHOICES, help=_frame_help("OUT"))
     convert.add_argument(
         "--input-frame",
         choices=FRAME_CHOICES,
-        help="frame IN is stored in, for .splat/.spz (default: opencv for .splat, opengl for "
-        ".spz) or a .standard.ply without a frame comment",
+        help="frame IN is stored in, for files that do not record it (default: the format's, "
+        "see --frame) or a .standard.ply without a frame comment",
     )
+    _add_scene_options(convert)
     convert.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     _add_runtime_commands(commands)
     _add_render_command(commands)

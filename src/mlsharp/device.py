@@ -32,4 +32,22 @@ def resolve_device(name: str = "auto") -> torch.device:
         )
     if kind == "mps" and not _mps_available():
         raise DeviceError("device 'mps' requested but Apple MPS is not available here")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None:
+        check_gpu_index(device.index, torch.cuda.device_count())
+    return device
+
+
+def check_gpu_index(index: int, count: int) -> None:
+    """Raise :class:`DeviceError` unless GPU ``index`` is one of the ``count`` torch sees.
+
+    Without this check ``cuda:7`` on a two-GPU machine would only fail when the weights
+    are moved there, with torch's "invalid device ordinal".
+    """
+    if 0 <= index < count:
+        return
+    seen = f"cuda:0 to cuda:{count - 1}" if count > 1 else "only cuda:0" if count else "none"
+    raise DeviceError(
+        f"device 'cuda:{index}' requested but torch sees {count} GPU"
+        f"{'' if count == 1 else 's'} ({seen}); check --device and CUDA_VISIBLE_DEVICES"
+    )

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -31,14 +34,14 @@ import torch.nn.functional as F
 from mlsharp.backends.base import ForwardRuntime
 from mlsharp.backends.torch_runtime import TorchRuntime
 from mlsharp.device import resolve_device
-from mlsharp.errors import ConfigError
+from mlsharp.errors import ConfigError, NonFiniteOutput, OutOfMemory
 from mlsharp.gaussians import Gaussians
 from mlsharp.imaging import LoadedImage
 from mlsharp.model import SharpConfig, SharpModel, build_model
-from mlsharp.runtime.memory import MemoryGuard, run_guarded
-from mlsharp.runtime.options import RuntimeOptions
+from mlsharp.runtime.memory import MAX_ESTIMATED_BATCH, MemoryGuard, run_guarded
+from mlsharp.runtime.options import RuntimeOptions, batch_bucket
 from mlsharp.runtime.precision import check_precision
-from mlsharp.runtime.transfer import HostTransfer
+from mlsharp.runtime.transfer import HostTransfer, PinnedStaging
 from mlsharp.unproject import gaussians_from_host, unproject_tensors
 
 T = TypeVar("T")
@@ -73,6 +76,11 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.current_stream(device).synchronize()
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def _device_scope(device: torch.device) -> AbstractContextManager[Any]:
+    """Make ``device`` the calling thread's current CUDA device inside the block."""
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
 
 
 def check_resolution(cfg: SharpConfig, resolution: int) -> None:
@@ -186,14 +194,18 @@ class Engine:
 
     The network forward is a :class:`~mlsharp.backends.base.ForwardRuntime` (``torch``
     by default; see :mod:`mlsharp.backends`); everything around it lives here, the same
-    for every runtime.
+    for every runtime: one batch at a time under the memory guard, the batch ceiling
+    learned from out-of-memory errors, the pinned staging of the results, and the
+    photo-by-photo retry of a batch that fails.
 
     Attributes:
         runtime: what runs the forward.
         device: the torch device of the pre- and post-processing (the runtime's).
         checkpoint: the weights file, when loaded from one.
         memory_guard: releases cached memory (after an out-of-memory error, and, when a
-            long-running process configures it, when idle or above a threshold).
+            long-running process configures it, when idle or above a threshold); never
+            while another thread's batch uses the device. Assigning a new guard keeps
+            the engine's pinned host buffers attached to its releases.
     """
 
     def __init__(self, runtime: ForwardRuntime, *, checkpoint: Path | None = None):
@@ -202,7 +214,24 @@ class Engine:
         self.checkpoint = checkpoint
         self._options = runtime.options
         self._resolution = runtime.options.resolution or runtime.cfg.internal_resolution
+        #: Page-locked host memory for the results' device-to-host copies (CUDA only).
+        self._staging = PinnedStaging(self.device) if self.device.type == "cuda" else None
         self.memory_guard = MemoryGuard(self.device)
+        #: The largest batch still worth trying: halved after each batch that ran out of
+        #: memory, so the estimate learns instead of failing the same way again.
+        self._batch_ceiling = self._options.batch_size or MAX_ESTIMATED_BATCH
+        self._batch_lock = threading.Lock()
+
+    @property
+    def memory_guard(self) -> MemoryGuard:
+        """See the class docstring."""
+        return self._memory_guard
+
+    @memory_guard.setter
+    def memory_guard(self, guard: MemoryGuard) -> None:
+        if self._staging is not None:
+            guard.release_hooks.append(self._staging.release)
+        self._memory_guard = guard
 
     @classmethod
     def from_model(
@@ -235,9 +264,10 @@ class Engine:
         """Find (or download) the checkpoint, build the ``preset`` network, load it strictly.
 
         Raises :class:`~mlsharp.errors.CheckpointError` for a missing, foreign or
-        mismatched checkpoint, :class:`~mlsharp.errors.DeviceError` for a missing device
-        and :class:`~mlsharp.errors.ConfigError` for ``options`` the device or preset
-        cannot run (checked before the weights are read).
+        mismatched checkpoint, :class:`~mlsharp.errors.DeviceError` for a missing device,
+        :class:`~mlsharp.errors.ConfigError` for ``options`` the device or preset cannot
+        run (checked before the weights are read) and :class:`OutOfMemory` when the
+        weights do not fit on the device.
         """
         from mlsharp import weights
         from mlsharp.backends.select import load_runtime, resolve_options
@@ -255,9 +285,14 @@ class Engine:
         state_dict = weights.load_state_dict(path)
         model = build_model(preset, device="meta")
         weights.load_into(model, state_dict, what=str(path), preset=preset)
-        return cls.from_model(
-            model.to(torch_device), torch_device, checkpoint=path, options=options
+        # A GPU without room for the weights: OutOfMemory (one clear line), not a traceback.
+        model = run_guarded(
+            lambda: model.to(torch_device),
+            device=torch_device,
+            context=f"moving the {preset} weights onto the device",
+            advice="free memory on that GPU, or choose another with --device",
         )
+        return cls.from_model(model, torch_device, checkpoint=path, options=options)
 
     @property
     def model(self) -> SharpModel | None:
@@ -286,7 +321,8 @@ class Engine:
         as each stage starts (the service turns them into job progress); an error it
         raises (a cancelled job) ends the prediction and is raised here. The returned
         ``Gaussians.metadata["timings"]`` holds a :class:`StageTimes`. Raises
-        :class:`~mlsharp.errors.OutOfMemory` when the device runs out of memory.
+        :class:`~mlsharp.errors.OutOfMemory` when the device runs out of memory and
+        :class:`~mlsharp.errors.NonFiniteOutput` when the prediction holds NaN or inf.
         """
         return self.predict_batch([image], on_stage=[on_stage])[0].unwrap()
 
@@ -299,19 +335,22 @@ class Engine:
     ) -> list[Gaussians]:
         """Predict several images, ``batch_size`` per forward; results in input order.
 
-        Each image keeps its own focal length and size. ``batch_size`` defaults to the
-        options' batch size, else to what fits in free CUDA memory (measured on the
-        first image), else 1. ``on_stage`` is called per batch as in :meth:`predict`.
-        The results equal one-at-a-time predictions up to float rounding. A batch that
-        fails is retried photo by photo (see :meth:`predict_batch`); the first photo
-        that fails on its own raises its error.
+        Each image keeps its own focal length and size. ``batch_size`` defaults to
+        :meth:`suggested_batch_size`; runtimes with fixed shapes (``compile``, CUDA graphs)
+        get batches cut into :data:`~mlsharp.runtime.options.BATCH_BUCKETS` sizes.
+        ``on_stage`` is called per batch as in :meth:`predict`. The results equal
+        one-at-a-time predictions up to float rounding. A batch that fails is retried
+        photo by photo (see :meth:`predict_batch`); the first photo that fails on its own
+        raises its error.
         """
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         results: list[Gaussians] = []
         start = 0
         while start < len(images):
-            size = batch_size or self.suggested_batch_size()
+            size = min(batch_size or self.suggested_batch_size(), len(images) - start)
+            if self.runtime.fixed_shapes:
+                size = batch_bucket(size)  # one compilation / graph per bucket, not per size
             chunk = images[start : start + size]
             callbacks = [on_stage, *[None] * (len(chunk) - 1)]  # once per batch
             results += [r.unwrap() for r in self.predict_batch(chunk, on_stage=callbacks)]
@@ -331,6 +370,8 @@ class Engine:
         * ``on_stage`` holds one stage callback per photo (or ``None``); an ``Exception``
           a callback raises (its job was cancelled) becomes that photo's error and the
           others go on. When every photo has failed, the work stops.
+        * a photo whose prediction holds NaN or infinite values gets
+          :class:`~mlsharp.errors.NonFiniteOutput`; the others keep their Gaussians.
         * when the shared forward fails (out of memory, or a photo that cannot be
           processed), each photo still without an error is predicted again on its own,
           so only a photo that fails alone gets an error.
@@ -354,15 +395,19 @@ class Engine:
 
         failure: Exception | None = None
         try:
-            results = self._guarded(lambda: self._predict_batch(images, report), len(images))
+            results = self._guarded(partial(self._predict_batch, images, report), len(images))
         except _AllFailed:
             return outcomes
         except Exception as error:
             failure = error
         else:
-            for outcome, gaussians in zip(outcomes, results, strict=True):
-                if outcome.error is None:
-                    outcome.gaussians = gaussians
+            for outcome, result in zip(outcomes, results, strict=True):
+                if outcome.error is not None:
+                    continue
+                if isinstance(result, Exception):
+                    outcome.error = result
+                else:
+                    outcome.gaussians = result
             return outcomes
         live = [i for i, outcome in enumerate(outcomes) if outcome.error is None]
         if len(live) <= 1:  # nothing to split: the failure is this photo's own
@@ -381,12 +426,20 @@ class Engine:
         size = self._resolution
         image = torch.zeros(batch_size, 3, size, size, device=self.device)
         factor = torch.ones(batch_size, device=self.device)
-        self._guarded(lambda: self.runtime.run(image, factor), batch_size)
+        self._guarded(partial(self.runtime.run, image, factor), batch_size)
 
     def suggested_batch_size(self) -> int:
-        """Photos per forward: the options' batch size, else the runtime's estimate (on
-        CUDA as many as fit in 80 % of the free memory once a forward was measured), else 1."""
-        return self._options.batch_size or self.runtime.suggested_batch_size()
+        """Photos per forward: the options' batch size, else the runtime's estimate (torch
+        on CUDA: as many as fit in 80 % of the free memory once a forward was measured),
+        else 1; never more than half of a batch that ran out of memory, and a size of
+        :data:`~mlsharp.runtime.options.BATCH_BUCKETS` for a runtime with fixed shapes."""
+        wanted = self._options.batch_size or self.runtime.suggested_batch_size()
+        size = max(1, min(wanted, self._batch_ceiling))
+        return batch_bucket(size) if self.runtime.fixed_shapes else size
+
+    def _note_out_of_memory(self, batch: int) -> None:
+        """Lower the batch ceiling after ``batch`` photos did not fit in one forward."""
+        self._batch_ceiling = max(1, min(self._batch_ceiling, batch // 2))
 
     def _describe(self, batch: int) -> tuple[str, str]:
         """What ran (device aside) and what to lower, for an out-of-memory message."""
@@ -406,23 +459,46 @@ class Engine:
         return context, f"try {' or '.join(hints)}" if hints else ""
 
     def _guarded(self, step: Callable[[], T], batch: int) -> T:
-        """Run ``step``; out of memory becomes :class:`OutOfMemory` after a release."""
+        """Run ``step`` on the engine's device, marked as work for the memory guard; out of
+        memory becomes :class:`OutOfMemory` after a release (and lowers the batch ceiling).
+
+        The device is made current for the calling thread (worker threads start on
+        ``cuda:0``), so streams, events and graph captures belong to the engine's GPU.
+        """
+        guard = self.memory_guard
+
+        def work() -> T:
+            # One batch at a time per engine (CUDA graphs and the pinned staging are
+            # shared); the lock is taken outside working() so that an out-of-memory
+            # release never waits on a thread that waits for this one.
+            with self._batch_lock, guard.working():
+                return step()
+
         try:
             context, advice = self._describe(batch)
-            return run_guarded(
-                step,
-                device=self.device,
-                context=context,
-                advice=advice,
-                release=lambda: self.memory_guard.release("oom"),
-            )
+            with _device_scope(self.device):
+                return run_guarded(
+                    work,
+                    device=self.device,
+                    context=context,
+                    advice=advice,
+                    release=partial(guard.release, "oom"),
+                )
+        except _AllFailed:  # every photo was cancelled between stages: nothing half-built
+            raise
+        except OutOfMemory:
+            self._note_out_of_memory(batch)
+            self.runtime.reset()
+            raise
         except BaseException:
             self.runtime.reset()  # e.g. a CUDA graph capture that failed half-way
             raise
 
     def _predict_batch(
         self, images: Sequence[LoadedImage], report: Callable[[str], None]
-    ) -> list[Gaussians]:
+    ) -> list[Gaussians | Exception]:
+        """One forward for ``images``: per photo its Gaussians, or the error of its own
+        post-processing (:class:`NonFiniteOutput`); a failure of the shared part raises."""
         count = len(images)
         times = StageTimes()
         report("preprocess")
@@ -439,18 +515,24 @@ class Engine:
 
         report("postprocess")
         start = time.perf_counter()
-        transfer = HostTransfer(self.device)
+        transfer = HostTransfer(self.device, staging=self._staging)
+        handles: list[int | Exception] = []  # per photo: its transfer, or its own error
         with torch.inference_mode():
             for index, image in enumerate(images):
-                tensors = unproject_tensors(
-                    composed,
-                    focal_px=image.focal_px,
-                    image_size=(image.width, image.height),
-                    index=index,
-                    fast=self._options.fast_postprocess,
-                )
-                transfer.submit(tensors)
-        del composed, tensors
+                try:
+                    tensors = unproject_tensors(
+                        composed,
+                        focal_px=image.focal_px,
+                        image_size=(image.width, image.height),
+                        index=index,
+                        fast=self._options.fast_postprocess,
+                    )
+                except torch.linalg.LinAlgError:  # NaN/inf covariances
+                    handles.append(_non_finite(image))
+                    continue
+                handles.append(transfer.submit(tensors))
+                del tensors
+        del composed
         _synchronize(self.device)
         times.postprocess = time.perf_counter() - start
         start = time.perf_counter()
@@ -464,12 +546,29 @@ class Engine:
             transfer=times.transfer / count,
             extra={"batch_size": float(count)},
         )
-        results = []
-        for image, host in zip(images, arrays, strict=True):
+        results: list[Gaussians | Exception] = []
+        for image, handle in zip(images, handles, strict=True):
+            if isinstance(handle, Exception):
+                results.append(handle)
+                continue
             gaussians = gaussians_from_host(
-                host, focal_px=image.focal_px, image_size=(image.width, image.height)
+                arrays[handle], focal_px=image.focal_px, image_size=(image.width, image.height)
             )
+            try:
+                gaussians.check_finite()
+            except NonFiniteOutput as error:  # this photo's failure, not the batch's
+                results.append(error)
+                continue
             gaussians.metadata["timings"] = replace(share, extra=dict(share.extra))
             gaussians.metadata["source"] = image.name
             results.append(gaussians)
         return results
+
+
+def _non_finite(image: LoadedImage) -> NonFiniteOutput:
+    """The error of a photo whose covariances could not be decomposed (NaN/inf)."""
+    # Made, not raised: no traceback keeps the failed batch's tensors alive.
+    return NonFiniteOutput(
+        f"the prediction for {image.name} holds NaN or infinite values (its covariances "
+        "cannot be decomposed); nothing was written. Try fp32 precision, or check the weights"
+    )

@@ -16,6 +16,7 @@ maps ``http_status`` to a JSON error. Anything that is *not* an ``MlsharpError``
     ├── OutputError           the output cannot be written (permissions, missing folder, disk)
     ├── ConfigError           an invalid option or setting value
     ├── OutOfMemory           the device ran out of memory for this input and settings
+    ├── NonFiniteOutput       the prediction holds NaN or infinite values (never written)
     └── RequestError          the service refuses a request (the HTTP 4xx/503 family)
         ├── BadRequest        malformed parameters (400/422)
         ├── PayloadTooLarge   the request body exceeds the configured limit (413)
@@ -114,6 +115,16 @@ class OutOfMemory(MlsharpError):
     exit_code = 7
     http_status = 503
     code = "out_of_memory"
+
+
+class NonFiniteOutput(MlsharpError):
+    """The network predicted NaN or infinite values for a photo (broken weights, a
+    precision that overflowed, an input far outside what it was trained on). Nothing is
+    written; the message says how many Gaussians and which attributes."""
+
+    exit_code = 1
+    http_status = 500
+    code = "non_finite_output"
 
 
 class RequestError(MlsharpError):

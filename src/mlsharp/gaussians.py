@@ -12,6 +12,8 @@ from typing import Literal
 
 import numpy as np
 
+from mlsharp.errors import NonFiniteOutput
+
 ColorSpace = Literal["linearRGB", "sRGB"]
 
 
@@ -65,3 +67,25 @@ class Gaussians:
 
     def __len__(self) -> int:
         return len(self.positions)
+
+    def check_finite(self) -> None:
+        """Raise :class:`~mlsharp.errors.NonFiniteOutput` unless every value is finite.
+
+        Writers would put NaN/inf into files that viewers cannot show; front ends call
+        this before writing, so such a prediction fails instead of "succeeding".
+        """
+        bad = np.zeros(len(self), dtype=bool)
+        attributes = []
+        for name in ("positions", "scales", "rotations", "colors", "opacities"):
+            values = getattr(self, name)
+            finite = np.isfinite(values)
+            rows = ~finite if finite.ndim == 1 else ~finite.all(axis=1)
+            if rows.any():
+                attributes.append(name)
+                bad |= rows
+        if attributes:
+            raise NonFiniteOutput(
+                f"the prediction holds NaN or infinite values ({int(bad.sum()):,} of "
+                f"{len(self):,} Gaussians; in {', '.join(attributes)}); nothing was written. "
+                "Try fp32 precision, or check the weights"
+            )

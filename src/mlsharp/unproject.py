@@ -11,7 +11,10 @@ here, on the engine's device:
 
 * the *reference path* (default) does one batched symmetric eigendecomposition in float64
   (on the CPU for MPS, which has no float64) and a closed-form matrix-to-quaternion
-  conversion, producing the reference values;
+  conversion, producing the reference values. On ROCm, whose torch has no batched 3x3
+  eigensolver (``torch.linalg.eigh`` there solves the 1.18 M matrices of a photo one
+  call each), the same decomposition is computed by the Jacobi SVD below in float64:
+  elementwise kernels only, equal to the eigendecomposition to float64 rounding;
 * the *fast path* (``fast=True``) stays in float32: a batched one-sided Jacobi SVD of the
   3x3 factor ``T R S`` (never forming the covariance, so thin Gaussians keep their relative
   accuracy; float64 is slow or missing on many GPUs). Tests bound its difference from the
@@ -46,6 +49,10 @@ from mlsharp.runtime.transfer import to_host
 #: quadratically: measured, the worst cosine between columns is at float32 rounding after
 #: four sweeps for random rotations and a 4:3 photo; one more is a margin.
 JACOBI_SWEEPS = 5
+#: Sweeps of the same Jacobi SVD in float64, the reference path on ROCm GPUs (below):
+#: quadratic convergence takes the columns from float32 to float64 rounding in two or
+#: three more sweeps; eight leave a margin.
+JACOBI_SWEEPS_FLOAT64 = 8
 
 Vec3 = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 Quat = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -112,7 +119,8 @@ def _quaternion_of(c0: Vec3, c1: Vec3, c2: Vec3) -> Quat:
         )
         for k in range(4)
     ]
-    norm = torch.sqrt(sum(component * component for component in quaternion))
+    w, x, y, z = quaternion
+    norm = torch.sqrt(w * w + x * x + y * y + z * z)
     return tuple(component / norm for component in quaternion)  # type: ignore[return-value]
 
 
@@ -186,8 +194,10 @@ def _axes_reference(spans: tuple[Vec3, Vec3, Vec3]) -> tuple[Vec3, tuple[Vec3, V
     return (scales[:, 2], scales[:, 1], scales[:, 0]), frame
 
 
-def _axes_fast(spans: tuple[Vec3, Vec3, Vec3], sweeps: int) -> tuple[Vec3, tuple[Vec3, Vec3, Vec3]]:
-    columns = [tuple(c.float().contiguous() for c in column) for column in spans]
+def _axes_fast(
+    spans: tuple[Vec3, Vec3, Vec3], sweeps: int, dtype: torch.dtype = torch.float32
+) -> tuple[Vec3, tuple[Vec3, Vec3, Vec3]]:
+    columns = [tuple(c.to(dtype).contiguous() for c in column) for column in spans]
     for _ in range(sweeps):
         for p, q in ((0, 1), (0, 2), (1, 2)):
             a, b = columns[p], columns[q]
@@ -215,11 +225,11 @@ def _axes_fast(spans: tuple[Vec3, Vec3, Vec3], sweeps: int) -> tuple[Vec3, tuple
         a, b = columns[p], columns[q]
         columns[p] = tuple(torch.where(swap, bi, ai) for ai, bi in zip(a, b, strict=True))
         columns[q] = tuple(torch.where(swap, ai, bi) for ai, bi in zip(a, b, strict=True))
-    tiny = torch.finfo(torch.float32).tiny
-    u0, u1 = (
-        tuple(c / n.clamp_min(tiny) for c in v) for v, n in zip(columns[:2], norms[:2], strict=True)
-    )
-    return tuple(norms), _canonical_frame(u0, u1)  # type: ignore[return-value]
+    tiny = torch.finfo(dtype).tiny
+    (x0, y0, z0), (x1, y1, z1) = columns[0], columns[1]
+    n0, n1 = norms[0].clamp_min(tiny), norms[1].clamp_min(tiny)
+    u0, u1 = (x0 / n0, y0 / n0, z0 / n0), (x1 / n1, y1 / n1, z1 / n1)
+    return (norms[0], norms[1], norms[2]), _canonical_frame(u0, u1)
 
 
 def principal_axes_reference(spans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,6 +254,19 @@ def principal_axes_fast(
     (Demmel & Veselic, 1992: M = (T R) S with T R well conditioned and S diagonal).
     """
     scales, frame = _axes_fast(_columns_of(spans), sweeps)
+    return torch.stack(scales, dim=-1), _stack_columns(frame)
+
+
+def uses_jacobi_reference(device: torch.device, hip_version: str | None) -> bool:
+    """Whether the reference decomposition on ``device`` is the float64 Jacobi SVD instead of
+    ``torch.linalg.eigh``: on ROCm GPUs (``torch.version.hip`` set, device type ``cuda``)."""
+    return device.type == "cuda" and hip_version is not None
+
+
+def principal_axes_jacobi64(spans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, 3) float64 factors M -> (scales descending, canonical rotations) by the
+    float64 Jacobi SVD: the reference path on ROCm (module docstring)."""
+    scales, frame = _axes_fast(_columns_of(spans), JACOBI_SWEEPS_FLOAT64, torch.float64)
     return torch.stack(scales, dim=-1), _stack_columns(frame)
 
 
@@ -278,7 +301,12 @@ def unproject_tensors(
         composed.quaternions[index].to(work_device, dtype),
         composed.singular_values[index].to(work_device, dtype),
     )
-    scales, frame = _axes_fast(spans, JACOBI_SWEEPS) if fast else _axes_reference(spans)
+    if fast:
+        scales, frame = _axes_fast(spans, JACOBI_SWEEPS)
+    elif uses_jacobi_reference(work_device, torch.version.hip):
+        scales, frame = _axes_fast(spans, JACOBI_SWEEPS_FLOAT64, torch.float64)
+    else:
+        scales, frame = _axes_reference(spans)
     quaternion = _canonical_sign(_quaternion_of(*frame))
 
     depth = None

@@ -34,11 +34,11 @@ def test_upload_a_photo_and_see_it_in_3d(web_server, open_page, artifacts: Path)
     page.set_input_files("#file", str(PHOTO))
     page.wait_for_selector("#preview:not([hidden])")
     assert "astronaut.jpg" in page.inner_text("#file-name")
-    # The server offers spz: the page asks for it beside the default ply, for the viewer.
+    # The page asks for the smallest format its viewer reads (sog) beside the default ply.
     checked = page.eval_on_selector_all(
         "#format-list input:checked", "els => els.map(e => e.value)"
     )
-    assert checked == ["ply", "spz"]
+    assert checked == ["ply", "sog"]
     record_attribute(page, "#progress", "data-stage", "stages")
     page.click("#submit")
     wait_for_scene(page)
@@ -53,7 +53,10 @@ def test_upload_a_photo_and_see_it_in_3d(web_server, open_page, artifacts: Path)
     assert shown[-1] == "done" and len(shown) >= 4, shown
     job_id = re.search(r"job=([\w-]+)", page.url).group(1)
     job = httpx.get(f"{web_server.url}/v1/jobs/{job_id}").json()
-    assert job["status"] == "succeeded" and job["formats"] == ["ply", "spz"]
+    assert job["status"] == "succeeded" and job["formats"] == ["ply", "sog"]
+    # The viewer loaded the smallest file (the .sog), and each button says its file's size.
+    assert job["sizes"]["sog"] < job["sizes"]["ply"]
+    assert page.evaluate("window.mlsharp.viewer.stats.format") == "sog"
     buttons = page.eval_on_selector_all(
         "#download-list a", "els => els.map(e => [e.dataset.format, e.getAttribute('href')])"
     )
@@ -74,6 +77,27 @@ def test_upload_a_photo_and_see_it_in_3d(web_server, open_page, artifacts: Path)
     (artifacts / "upload-astronaut.json").write_text(
         json.dumps({**stats, "stages": shown}, indent=1)
     )
+
+
+def test_detail_control_asks_for_fewer_splats(web_server, open_page) -> None:
+    # The Detail presets send max_splats; the job, the viewer and the downloads show the
+    # thinned scene, each download with its size.
+    path = Path(web_server.log_path.parent / "detail.jpg")
+    path.write_bytes(photo_bytes(seed=3))
+    page = open_page(web_server.url).page
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector("#preview:not([hidden])")
+    assert page.inner_text("#detail option[value='100000']") == "100,000 splats"
+    page.select_option("#detail", "100000")
+    page.click("#submit")
+    wait_for_scene(page)
+    job_id = re.search(r"job=([\w-]+)", page.url).group(1)
+    job = httpx.get(f"{web_server.url}/v1/jobs/{job_id}").json()
+    assert job["max_splats"] == 100_000 and job["splats"] == 100_000
+    assert page.evaluate("window.mlsharp.viewer.stats.splats") == 100_000
+    assert page.inner_text("#download-count") == "100,000 splats"
+    labels = page.eval_on_selector_all("#download-list a", "els => els.map(e => e.textContent)")
+    assert labels and all(re.fullmatch(r"Download \S+ \(\d+(\.\d)? [KMG]?B\)", t) for t in labels)
 
 
 def test_reopen_a_job_from_the_history(web_server, open_page) -> None:

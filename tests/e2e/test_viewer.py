@@ -61,7 +61,7 @@ def open_scene(open_page, server_url: str, scene: Path, fmt: str, query: str = "
     return page
 
 
-@pytest.mark.parametrize("fmt", ["ply", "spz", "splat", "ply-standard"])
+@pytest.mark.parametrize("fmt", ["ply", "spz", "splat", "ply-standard", "sog"])
 def test_scenes_render_upright_and_not_mirrored(
     web_server, open_page, tmp_path, artifacts, fmt
 ) -> None:

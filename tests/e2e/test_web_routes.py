@@ -150,7 +150,12 @@ def test_info_lists_formats_defaults_limits_and_auth(site) -> None:
         "media_type": "application/x-ply",
         "scene": True,
         "frame": "opencv",
+        "summary": "Apple ml-sharp's reference layout (default)",
+        "viewer": True,
+        "bytes_per_splat": 56.0,
     }
+    smallest = min((f for f in info["formats"] if f["viewer"]), key=lambda f: f["bytes_per_splat"])
+    assert smallest["name"] == "sog"  # what the page asks for and shows
     for name, frame in splat.FRAME_FORMATS.items():
         assert by_name[name]["frame"] == frame
     for name in splat.DEPTH_FORMATS:

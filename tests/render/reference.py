@@ -19,6 +19,7 @@ def composite_bruteforce(
     width: int,
     height: int,
     background: np.ndarray,
+    max_alpha: float = 0.99,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(H, W, 3) colour and (H, W) alpha of 2D splats, composited pixel by pixel."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
@@ -29,7 +30,7 @@ def composite_bruteforce(
         dx, dy = xs - means[i, 0], ys - means[i, 1]
         a, b, c = conics[i]
         d2 = a * dx * dx + 2 * b * dx * dy + c * dy * dy
-        alpha = np.minimum(0.99, opacities[i] * np.exp(-0.5 * d2))
+        alpha = np.minimum(max_alpha, opacities[i] * np.exp(-0.5 * d2))
         alpha = np.where(alpha < 1 / 255, 0.0, alpha)
         next_t = trans * (1 - alpha)
         live = ~done & (alpha > 0)

@@ -190,6 +190,43 @@ def test_tiled_compositing_equals_brute_force(tile_size, chunk, budget):
     np.testing.assert_allclose(alpha.numpy(), expected_alpha, atol=2e-5)
 
 
+def test_unique_sort_keys_bin_like_the_stable_sort():
+    # MPS ignores stable=True; unique keys make the order independent of stability.
+    from mlsharp.render.binning import depth_order, pair_keys
+
+    rng = np.random.default_rng(11)
+    s = random_splats2d(rng, 500, 97, 61)
+    s["depths"][::7] = s["depths"][0]  # ties in depth too
+    splats = as_splats2d(s)
+    stable = bin_splats(splats, 97, 61, 8, unique_keys=False)
+    unique = bin_splats(splats, 97, 61, 8, unique_keys=True)
+    for name in ("pair_splats", "tile_start", "tile_count"):
+        assert torch.equal(getattr(stable, name), getattr(unique, name)), name
+    assert torch.equal(stable.splats.depths, unique.splats.depths)
+    order = depth_order(splats.depths, unique_keys=True)
+    assert torch.equal(order, depth_order(splats.depths, unique_keys=False))
+    tiles = torch.randint(0, 50, (1000,))
+    ranks = torch.randperm(1000)  # one pair per (tile, splat)
+    keys = pair_keys(tiles, ranks, 1000)
+    assert keys.unique().numel() == keys.numel()  # so any sort gives the same order
+
+
+def test_step_budget_per_device_type_changes_only_the_batching():
+    from mlsharp.render.composite import BUDGETS, default_budget
+
+    cpu, gpu = default_budget(torch.device("cpu")), default_budget(torch.device("cuda"))
+    assert gpu >= 16 * cpu  # GPUs get big steps (launch-bound otherwise)
+    assert default_budget(torch.device("mps")) == BUDGETS["mps"]
+    assert default_budget(torch.device("xpu")) == cpu
+    rng = np.random.default_rng(3)
+    s = random_splats2d(rng, 400, 120, 90)
+    bins = bin_splats(as_splats2d(s), 120, 90, 8)
+    bg = torch.tensor([0.1, 0.2, 0.3])
+    small, small_alpha = composite(bins, 120, 90, bg, budget=cpu // 64)
+    large, large_alpha = composite(bins, 120, 90, bg, budget=gpu)
+    assert torch.equal(small, large) and torch.equal(small_alpha, large_alpha)
+
+
 def test_full_pipeline_equals_reference_projection_and_brute_force():
     rng = np.random.default_rng(7)
     n = 250

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -64,6 +66,43 @@ def test_scene_formats_download_and_parse(finished) -> None:
     spz = gzip.decompress(download(server, job, "spz"))
     magic, version, count = struct.unpack("<III", spz[:12])
     assert (magic, version, count) == (0x5053474E, 2, TINY_GAUSSIANS)
+    with zipfile.ZipFile(io.BytesIO(download(server, job, "sog"))) as sog:
+        assert json.loads(sog.read("meta.json"))["count"] == TINY_GAUSSIANS
+        assert sog.read("quats.webp")[8:12] == b"WEBP"
+    glb = download(server, job, "glb")
+    assert glb[:4] == b"glTF" and struct.unpack("<I", glb[8:12])[0] == len(glb)
+    (length,) = struct.unpack("<I", glb[12:16])
+    document = json.loads(glb[20 : 20 + length])
+    primitive = document["meshes"][0]["primitives"][0]
+    assert document["accessors"][primitive["attributes"]["POSITION"]]["count"] == TINY_GAUSSIANS
+    assert primitive["extensions"]["KHR_gaussian_splatting"]["kernel"] == "ellipse"
+
+
+def test_status_reports_the_splat_count_and_file_sizes(finished) -> None:
+    server, job = finished
+    assert job["splats"] == TINY_GAUSSIANS and job["max_splats"] is None
+    for fmt in FORMATS:
+        assert job["sizes"][fmt] == len(download(server, job, fmt))
+
+
+def test_max_splats_thins_the_result_and_is_part_of_the_cache_key(finished) -> None:
+    server, job = finished
+    files = {"file": ("thin.jpg", PHOTO, "image/jpeg")}
+    form = {"formats": "ply,spz", "max_splats": "1000", "min_opacity": "0"}
+    created = server.client.post("/v1/jobs", files=files, data=form)
+    assert created.status_code == 202, created.text
+    assert created.json()["cached"] is False  # the full job's files are not this result
+    thin = server.wait_job(created.json()["id"])
+    assert thin["status"] == "succeeded", thin
+    assert thin["splats"] == 1000 and thin["max_splats"] == 1000
+    ply = PlyData.read(io.BytesIO(server.client.get(thin["links"]["results"]["ply"]).content))
+    assert ply["vertex"].count == 1000 and thin["sizes"]["ply"] < job["sizes"]["ply"]
+    again = server.client.post("/v1/jobs", files=files, data=form).json()
+    assert again["cached"] is True  # the same limits: the thinned files from the cache
+    assert server.client.get(again["status_url"]).json()["splats"] == 1000
+    for bad in ({"max_splats": "0"}, {"max_splats": "many"}, {"min_opacity": "1.5"}):
+        refused = server.client.post("/v1/jobs", files=files, data=bad)
+        assert refused.status_code == 422 and refused.json()["error"] == "validation_error"
 
 
 def test_depth_formats_download_and_parse(finished) -> None:
@@ -104,7 +143,7 @@ def test_a_format_the_job_did_not_ask_for_is_404(finished) -> None:
     missing = server.client.get(f"/v1/jobs/{job['id']}/result", params={"format": "spz"})
     assert missing.status_code == 404
     assert "splat" in missing.json()["message"]
-    unknown = server.client.post("/v1/jobs", files=files, data={"formats": "splat,glb"})
+    unknown = server.client.post("/v1/jobs", files=files, data={"formats": "splat,obj"})
     assert unknown.status_code == 422 and unknown.json()["error"] == "invalid_format"
 
 

@@ -34,8 +34,14 @@ const SORT_FRAME_MS = 500;
 /** Animation frames without drawing (and no sort pending) after which the view is settled. */
 const SETTLED_TICKS = 2;
 
-/** File types Spark reads, by our output format name. */
-const FILE_TYPES = { spz: "spz", splat: "splat", ply: "ply", "ply-standard": "ply" };
+/** File types Spark reads, by our output format name (a .sog is a zip: "pcsogszip"). */
+const FILE_TYPES = {
+  sog: "pcsogszip",
+  spz: "spz",
+  splat: "splat",
+  ply: "ply",
+  "ply-standard": "ply",
+};
 
 /** Vertical field of view (degrees) when nothing better is known: a 30 mm lens, 4:3. */
 export const DEFAULT_VFOV = 2 * Math.atan(24 / 2 / 30) * (180 / Math.PI);
@@ -103,6 +109,7 @@ export function createViewer(container, options = {}) {
 
   let mesh = null;
   let total = 0; // splats in the file (mesh.numSplats counts the LoD subset when it is on)
+  let format = null; // the format of the scene shown
   let mode = "orbit";
   let quality = "full";
   let dirty = true;
@@ -236,7 +243,7 @@ export function createViewer(container, options = {}) {
    *
    * @param {ArrayBuffer|Uint8Array} bytes the file's contents
    * @param {{format: string, frame?: string, name?: string, vfov?: number, aspect?: number}} info
-   *   format: our output format name (spz, splat, ply, ply-standard); frame: the file's
+   *   format: our output format name (sog, spz, splat, ply, ply-standard); frame: the file's
    *   coordinate frame, "opencv" (the model's, the default) or "opengl" (y up, z back:
    *   already three.js's); vfov (degrees) and aspect: the photo's field of view, so the
    *   first frame looks like the photo.
@@ -246,6 +253,7 @@ export function createViewer(container, options = {}) {
     unload();
     const fileType = FILE_TYPES[info.format];
     if (!fileType) throw new Error(`the viewer cannot read format ${info.format}`);
+    format = info.format;
     photo = { vfov: info.vfov || DEFAULT_VFOV, aspect: info.aspect || 4 / 3 };
     idleTicks = 0;
     loadStarted = performance.now();
@@ -254,7 +262,7 @@ export function createViewer(container, options = {}) {
     const next = new SplatMesh({
       fileBytes: bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes),
       fileType,
-      fileName: info.name || `scene.${fileType}`,
+      fileName: info.name || `scene.${fileType === "pcsogszip" ? "sog" : fileType}`,
     });
     if (info.frame !== "opengl") {
       next.quaternion.set(1, 0, 0, 0); // 180 degrees about x: OpenCV frame -> three.js frame
@@ -384,6 +392,7 @@ export function createViewer(container, options = {}) {
         firstFrameMs,
         mode,
         quality,
+        format,
         photo: { ...photo },
         fov: camera.fov,
       };

@@ -56,12 +56,16 @@ class ForwardRuntime(Protocol):
         device: the torch device :meth:`run` takes its inputs on and returns its outputs
             on (the CPU for runtimes outside torch).
         options: the runtime options it was built for (precision, resolution, ...).
+        fixed_shapes: each new batch size costs a compilation or a graph capture (torch's
+            ``compile`` and CUDA graphs), so the engine runs only
+            :data:`~mlsharp.runtime.options.BATCH_BUCKETS` sizes.
     """
 
     name: str
     cfg: SharpConfig
     device: torch.device
     options: RuntimeOptions
+    fixed_shapes: bool
 
     def run(self, images: torch.Tensor, disparity_factors: torch.Tensor) -> ComposedGaussians:
         """The network forward: (B, 3, S, S) images in [0, 1] and (B,) disparity factors

@@ -104,6 +104,7 @@ class OnnxRuntimeRuntime:
     """An ONNX Runtime session over the exported file, run photo by photo (batch of 1)."""
 
     name = "onnxruntime"
+    fixed_shapes = False  # photo by photo: every batch size runs the same graph
 
     def __init__(
         self,

@@ -78,6 +78,7 @@ class OpenVinoRuntime:
     """A compiled IR; one inference request, run photo by photo (static batch of 1)."""
 
     name = "openvino"
+    fixed_shapes = False  # photo by photo: every batch size runs the same graph
 
     def __init__(
         self,

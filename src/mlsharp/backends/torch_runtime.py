@@ -1,9 +1,10 @@
 """The ``torch`` runtime: the network as a PyTorch module (the reference path).
 
 Precision contexts (autocast, TF32 scopes), channels-last decoders, ``torch.compile`` and
-CUDA graphs are this runtime's options (docs/runtime.md). On CUDA it measures the peak
-memory of each forward per image, from which :meth:`TorchRuntime.suggested_batch_size`
-estimates how many photos fit.
+CUDA graphs are this runtime's options (docs/runtime.md); with the last two each new batch
+size costs a compilation or a graph capture, so it has ``fixed_shapes`` and the engine
+cuts batches into bucket sizes. On CUDA it measures the peak memory of each forward per
+image, from which :meth:`TorchRuntime.suggested_batch_size` estimates how many photos fit.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class TorchRuntime:
         self.cfg = model.cfg
         self.device = device
         self.options = options
+        self.fixed_shapes = options.fixed_shapes
         if options.channels_last:
             model.set_memory_format(torch.channels_last)
         forward: Callable[..., ComposedGaussians] = model

@@ -7,8 +7,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mlsharp.commands.output import SceneOutput, describe_outputs
 from mlsharp.config import Settings
 from mlsharp.errors import MlsharpError, OutputError, OutputExists
 from mlsharp.imaging import check_focal_mm, is_supported_path
@@ -102,13 +103,6 @@ def _make_output_folder(outdir: Path) -> None:
         ) from None
 
 
-def writer_options(fmt: str, frame: str | None) -> dict[str, Any]:
-    """Options for ``splat.write`` of ``fmt``: ``frame`` where the format takes one."""
-    from mlsharp.splat import FRAME_FORMATS
-
-    return {"frame": frame} if frame is not None and fmt in FRAME_FORMATS else {}
-
-
 def _report(line: str) -> None:
     # tqdm.write keeps the progress bar intact below the printed line.
     from tqdm import tqdm
@@ -121,13 +115,11 @@ def run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mlsharp.engine import Engine
-    from mlsharp.splat import check_frame, parse_formats
+    from mlsharp.splat import parse_formats
 
     # Option errors first, before any file is looked at or the model is loaded.
     formats = parse_formats(getattr(args, "format", None) or "ply")
-    frame = getattr(args, "frame", None)
-    if frame is not None:
-        check_frame(frame)
+    output = SceneOutput.from_args(args)
     settings = Settings.from_env(
         checkpoint=args.checkpoint,
         preset=args.preset,
@@ -167,7 +159,7 @@ def run_predict(args: argparse.Namespace) -> int:
         # Asked before each batch: on CUDA the estimate grows once a forward was measured.
         batch = plan.jobs[start : start + engine.suggested_batch_size()]
         start += len(batch)
-        failed += _predict_batch(engine, batch, args=args, frame=frame)
+        failed += _predict_batch(engine, batch, args=args, output=output)
         bar.update(len(batch))
     bar.close()
     done = len(plan.jobs) + len(plan.failures) - failed
@@ -177,7 +169,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_batch(
-    engine: Engine, jobs: list[Job], *, args: argparse.Namespace, frame: str | None
+    engine: Engine, jobs: list[Job], *, args: argparse.Namespace, output: SceneOutput
 ) -> int:
     """Decode ``jobs``' photos, predict them in one forward, write each photo's files;
     one line per photo. Returns how many failed (each failure stays with its photo)."""
@@ -200,7 +192,7 @@ def _predict_batch(
     for (job, image, decode), result in zip(decoded, results, strict=True):
         try:
             _write_one(
-                job, image, result.unwrap(), decode=decode, overwrite=args.overwrite, frame=frame
+                job, image, result.unwrap(), decode=decode, overwrite=args.overwrite, output=output
             )
         except MlsharpError as error:
             failed += 1
@@ -219,23 +211,29 @@ def _write_one(
     *,
     decode: float,
     overwrite: bool,
-    frame: str | None,
+    output: SceneOutput,
 ) -> None:
-    """Write one photo's Gaussians in every format, then print its timing line."""
+    """Thin out (``--max-splats``) and write one photo's Gaussians in every format, then
+    print its line: the files with their sizes, the splat count and the timings."""
     from mlsharp import splat
 
+    predicted = len(gaussians)
     start = time.perf_counter()
+    gaussians = splat.reduce_density(gaussians, output.density)
     if not overwrite:
         for dest in job.outputs.values():
             if dest.exists():  # created by someone else during the run
                 raise OutputExists(f"{dest} appeared meanwhile; not overwriting it")
     for fmt, dest in job.outputs.items():
-        splat.write(gaussians, dest, fmt, **writer_options(fmt, frame))  # atomic per file
+        splat.write(gaussians, dest, fmt, **output.writer_options(fmt))  # atomic per file
     write = time.perf_counter() - start
     times = gaussians.metadata["timings"]
-    written = ", ".join(str(dest) for dest in job.outputs.values())
+    written = describe_outputs(job.outputs.values())
+    kept = f"{predicted:,}"
+    if len(gaussians) < predicted:
+        kept = f"{len(gaussians):,} of {kept}"
     _report(
-        f"{job.source} -> {written} ({len(gaussians):,} Gaussians, "
+        f"{job.source} -> {written} ({kept} Gaussians, "
         f"{image.width}x{image.height}, f={image.focal_px:.1f}px [{image.focal_source}]; "
         f"decode {decode:.2f}s, inference {times.preprocess + times.inference:.2f}s, "
         f"post-process {times.postprocess:.2f}s, write {write:.2f}s)"

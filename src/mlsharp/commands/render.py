@@ -67,7 +67,8 @@ def _read_scene(path: Path, input_frame: str | None) -> Gaussians:
     if not path.is_file():
         raise ConfigError(f"scene {path}: no such file")
     try:
-        return splat.read(path, frame=input_frame)
+        # argparse limits --input-frame to the frames splat.read accepts
+        return splat.read(path, frame=input_frame)  # type: ignore[arg-type]
     except OSError as error:
         raise ConfigError(f"cannot read scene {path}: {describe(error)}") from None
 
@@ -181,7 +182,12 @@ def run_render(args: argparse.Namespace) -> int:
     cameras = make_trajectory(gaussians, args.trajectory, frames, size)
     images = _EmptyFrameWatch(
         render_frames(
-            gaussians, cameras, backend=args.backend, device=args.device, background=args.background
+            gaussians,
+            cameras,
+            backend=args.backend,
+            device=args.device,
+            background=args.background,
+            on_warning=_warn,
         )
     )
     elapsed = _write(images, dest, size, frames, args)

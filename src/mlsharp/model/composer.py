@@ -91,10 +91,15 @@ def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
 
 
 def _filled(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """A float32 vector of ``values`` made by fills on ``device`` (no host-to-device copy)."""
+    """A float32 vector of ``values`` made by fills on ``device`` (no host-to-device copy).
+
+    ``out[i].fill_(v)`` passes ``v`` to the fill kernel as an argument. ``out[i] = v``
+    would not: Python indexing first wraps ``v`` in a CPU tensor and copies it into the
+    device tensor, a host-to-device copy per element that CUDA graph capture forbids.
+    """
     out = torch.empty(len(values), device=device)
     for index, value in enumerate(values):
-        out[index] = value
+        out[index].fill_(value)
     return out
 
 

@@ -4,6 +4,12 @@ Every splat is paired with each tile its support box overlaps. The splats are fi
 ordered by depth, the pairs are generated in that order and then stably sorted by tile,
 so each tile's slice of the pair list is already depth-sorted (one sort of the pairs
 instead of one per tile, as in 3DGS's key sort).
+
+MPS ignores ``stable=True`` (its sort is MPSGraph's, which gives no order among equal
+keys), which would shuffle each tile's depth order. There the sort keys are made unique
+instead, so any sort gives the one right order: ``tile * splats + depth rank`` (int64)
+for the pairs, ``depth bits * splats + index`` for the depths. Elsewhere the narrow keys
+and a stable sort are faster.
 """
 
 from __future__ import annotations
@@ -56,15 +62,41 @@ def tile_ranges(
     return x0, x1, y0, y1
 
 
-def bin_splats(splats: Splats2D, width: int, height: int, tile_size: int = 16) -> TileBins:
-    """Sort ``splats`` by depth and bin them into ``tile_size`` pixel tiles."""
+def depth_order(depths: torch.Tensor, *, unique_keys: bool) -> torch.Tensor:
+    """Indices that sort positive ``depths`` nearest first, ties in index order."""
+    # Positive floats' IEEE bit patterns sort like the values: the integer sort is faster.
+    bits = depths.contiguous().view(torch.int32)
+    if not unique_keys:
+        return torch.sort(bits, stable=True).indices
+    index = torch.arange(bits.numel(), device=bits.device)
+    return torch.sort(bits.long() * bits.numel() + index).indices
+
+
+def pair_keys(tile_id: torch.Tensor, pair_splat: torch.Tensor, splats: int) -> torch.Tensor:
+    """Unique sort keys of (tile, splat) pairs: by tile, then by the splat's depth rank
+    (a splat meets a tile at most once, so no two pairs share a key)."""
+    return tile_id.long() * splats + pair_splat
+
+
+def bin_splats(
+    splats: Splats2D,
+    width: int,
+    height: int,
+    tile_size: int = 16,
+    *,
+    unique_keys: bool | None = None,
+) -> TileBins:
+    """Sort ``splats`` by depth and bin them into ``tile_size`` pixel tiles.
+
+    ``unique_keys`` (default: on MPS only) sorts by unique keys instead of relying on a
+    stable sort (see the module docstring); the result is the same.
+    """
     device = splats.means.device
+    if unique_keys is None:
+        unique_keys = device.type == "mps"
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     n_tiles = tiles_x * tiles_y
-    # Depths are positive floats (culled at the near plane), whose IEEE bit patterns sort
-    # like the values: sorting them as int32 uses the much faster integer sort.
-    order = torch.sort(splats.depths.contiguous().view(torch.int32), stable=True).indices
-    splats = splats.select(order)
+    splats = splats.select(depth_order(splats.depths, unique_keys=unique_keys))
 
     x0, x1, y0, y1 = tile_ranges(splats, tile_size, tiles_x, tiles_y)
     span_x = x1 - x0 + 1
@@ -77,12 +109,16 @@ def bin_splats(splats: Splats2D, width: int, height: int, tile_size: int = 16) -
     row = torch.div(local, span, rounding_mode="floor")
     tile_x = x0.index_select(0, pair_splat) + (local - row * span)
     tile_y = y0.index_select(0, pair_splat) + row
-    # The narrowest integer type sorts fastest. Stable: within a tile the pairs keep
-    # their (depth) generation order.
-    key_type = torch.int16 if n_tiles <= torch.iinfo(torch.int16).max else torch.int32
-    tile_id = (tile_y * tiles_x + tile_x).to(key_type)
-    tile_id_sorted, perm = torch.sort(tile_id, stable=True)
-    tile_count = torch.bincount(tile_id_sorted.long(), minlength=n_tiles)
+    tile_id = tile_y * tiles_x + tile_x
+    if unique_keys:
+        perm = torch.sort(pair_keys(tile_id, pair_splat, len(splats))).indices
+        tile_count = torch.bincount(tile_id, minlength=n_tiles)
+    else:
+        # The narrowest integer type sorts fastest. Stable: within a tile the pairs keep
+        # their (depth) generation order.
+        key_type = torch.int16 if n_tiles <= torch.iinfo(torch.int16).max else torch.int32
+        tile_id_sorted, perm = torch.sort(tile_id.to(key_type), stable=True)
+        tile_count = torch.bincount(tile_id_sorted.long(), minlength=n_tiles)
     tile_start = torch.cumsum(tile_count, 0) - tile_count
     return TileBins(
         splats=splats,

@@ -29,13 +29,26 @@ import torch
 from mlsharp.render.binning import TileBins
 from mlsharp.render.scene import ALPHA_THRESHOLD
 
+#: The largest alpha one splat reaches (3DGS; gsplat >= 1.6). gsplat 1.4-1.5 clamps at
+#: 0.999 instead (see :func:`~mlsharp.render.gsplat_backend.gsplat_max_alpha`).
 MAX_ALPHA = 0.99
 TRANSMITTANCE_THRESHOLD = 1e-4
 #: Splats per tile handled in one step.
 DEFAULT_CHUNK = 32
 #: Upper bound on the (tiles × pixels × splats) elements of one step's working tensors
-#: (each float32 tensor of that size is 4 bytes per element; a few are alive at once).
-DEFAULT_BUDGET = 1 << 19
+#: (each float32 tensor of that size is 4 bytes per element; a few are alive at once),
+#: per device type. On a CPU a small step stays in cache; on a GPU each step is a few
+#: dozen kernel launches, so small steps leave it idle between launches (launch-bound):
+#: there a step covers thousands of tiles (a few hundred MB of working memory).
+BUDGETS = {"cpu": 1 << 19, "cuda": 1 << 24, "mps": 1 << 22}
+DEFAULT_BUDGET = BUDGETS["cpu"]
+
+
+def default_budget(device: torch.device) -> int:
+    """The step budget for ``device`` (:data:`BUDGETS`; other devices: the CPU's)."""
+    return BUDGETS.get(device.type, DEFAULT_BUDGET)
+
+
 _LOG2_E = math.log2(math.e)
 
 
@@ -57,7 +70,8 @@ def composite(
     background: torch.Tensor,
     *,
     chunk: int = DEFAULT_CHUNK,
-    budget: int = DEFAULT_BUDGET,
+    budget: int | None = None,
+    max_alpha: float = MAX_ALPHA,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Composite ``bins`` into an image.
 
@@ -66,13 +80,17 @@ def composite(
         width, height: the image size in pixels.
         background: (3,) background colour, in the splats' colour space.
         chunk: splats per tile per step.
-        budget: bound on tiles × pixels × splats per step (memory / cache footprint).
+        budget: bound on tiles × pixels × splats per step (memory / cache footprint);
+            ``None``: :func:`default_budget` of the bins' device.
+        max_alpha: the clamp of each splat's alpha (:data:`MAX_ALPHA`).
 
     Returns:
         ``(image (H, W, 3), alpha (H, W))``: the composited colour (background included)
         and the accumulated opacity ``1 - T_end``.
     """
-    state = _TileCompositor(bins, width, height, chunk)
+    state = _TileCompositor(bins, width, height, chunk, max_alpha)
+    if budget is None:
+        budget = default_budget(bins.pair_splats.device)
     batch_tiles = max(1, budget // (state.pixels * chunk))
     active = torch.nonzero(bins.tile_count > 0).squeeze(1)
     step = 0
@@ -95,8 +113,11 @@ class _TileCompositor:
     """Per-tile compositing state (``transmittance``, ``done``, ``color``, each
     (tiles, P, ...)) and the step that advances a batch of tiles by one chunk."""
 
-    def __init__(self, bins: TileBins, width: int, height: int, chunk: int) -> None:
+    def __init__(
+        self, bins: TileBins, width: int, height: int, chunk: int, max_alpha: float
+    ) -> None:
         device = bins.pair_splats.device
+        self.max_alpha = max_alpha
         ts = bins.tile_size
         self.bins, self.chunk, self.pixels = bins, chunk, ts * ts
         n_tiles = bins.tiles_x * bins.tiles_y
@@ -141,8 +162,8 @@ class _TileCompositor:
         # In base 2: torch's exp2 is several times faster than exp on CPUs.
         coef = torch.where(valid[:, None, :], coef.mul_(_LOG2_E), self.padding)  # (B, 6, L)
 
-        alpha = torch.matmul(self.features, coef).exp2_().clamp_max_(MAX_ALPHA)  # (B, P, L)
-        torch.nn.functional.threshold_(alpha, ALPHA_THRESHOLD, 0.0)
+        alpha = torch.matmul(self.features, coef).exp2_().clamp_max_(self.max_alpha)  # (B, P, L)
+        torch.nn.functional.threshold_(alpha, ALPHA_THRESHOLD, 0.0)  # type: ignore[attr-defined]
         # cum[..., i] = Π_{j<i} (1 - alpha_j) for i = 0..L: exclusive and inclusive
         # products in one buffer, so neither needs a division or a shifted copy.
         cum = torch.empty(n_tiles, self.pixels, chunk + 1, device=alpha.device)

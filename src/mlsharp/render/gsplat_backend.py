@@ -4,12 +4,21 @@ CPU-only path. Install it with the ``render-cuda`` extra (``pip install 'mlsharp
 gsplat takes the same OpenCV camera convention (world-to-camera ``viewmats``, ``Ks``
 with pixel centres at ``i + 0.5``) and quaternions in (w, x, y, z) order, so the scene's
 arrays are passed as they are. Its "classic" mode is the 3DGS compositing that
-:mod:`mlsharp.render.composite` reproduces.
+:mod:`mlsharp.render.composite` reproduces, except for the clamp of a splat's alpha, which
+differs between the gsplat releases the ``render-cuda`` extra admits
+(:func:`gsplat_max_alpha`).
+
+An installed gsplat may still be unusable: its CUDA extension is built on first use and
+that build can fail (no compiler, a CUDA toolkit that does not match torch's), or it was
+built for other GPUs. :func:`gsplat_failure` tells such an error from a real one, so
+``render`` can fall back to the PyTorch rasterizer.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import re
 
 import torch
 
@@ -40,6 +49,47 @@ def gsplat_available(device: torch.device) -> bool:
     """
     hip = getattr(torch.version, "hip", None)
     return gsplat_usable(device.type, hip, device.type == "cuda" and gsplat_installed())
+
+
+#: gsplat's clamp of a splat's alpha before 1.6: ``min(0.999, ...)`` in its kernels
+#: (1.4.0 to 1.5.3). From 1.6 it is a ``MAX_ALPHA`` constant of 0.99, as in 3DGS and in
+#: :data:`mlsharp.render.composite.MAX_ALPHA`.
+GSPLAT_LEGACY_MAX_ALPHA = 0.999
+
+
+def max_alpha_for_version(version: str) -> float:
+    """gsplat's alpha clamp for its ``version`` string (e.g. ``"1.5.3"``, ``"1.6.0+cu128"``)."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None:
+        raise ValueError(f"not a gsplat version: {version!r}")
+    major, minor = int(match[1]), int(match[2])
+    return GSPLAT_LEGACY_MAX_ALPHA if (major, minor) < (1, 6) else 0.99
+
+
+def gsplat_max_alpha() -> float:
+    """The alpha clamp of the installed gsplat (imports it): its ``MAX_ALPHA`` constant
+    where it has one, else the value for its version. Pass it as ``max_alpha`` to
+    :func:`~mlsharp.render.torch_backend.rasterize_torch` to compare the two rasterizers."""
+    try:
+        constants = importlib.import_module("gsplat.cuda._constants")
+        return float(constants.MAX_ALPHA)
+    except (ImportError, AttributeError):
+        gsplat = importlib.import_module("gsplat")
+        return max_alpha_for_version(str(gsplat.__version__))
+
+
+def gsplat_failure(error: BaseException) -> str | None:
+    """One line saying why gsplat cannot render here, when ``error`` (raised by importing
+    or calling it) means its CUDA build is unusable; ``None`` for any other error, which
+    should propagate (out of memory included)."""
+    from mlsharp.runtime.memory import out_of_memory_reason
+
+    if not isinstance(error, (ImportError, OSError, RuntimeError, AttributeError)):
+        return None
+    if out_of_memory_reason(error) is not None:
+        return None
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 @torch.no_grad()

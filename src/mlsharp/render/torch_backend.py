@@ -6,7 +6,7 @@ import torch
 
 from mlsharp.render.binning import bin_splats
 from mlsharp.render.camera import Camera
-from mlsharp.render.composite import DEFAULT_BUDGET, DEFAULT_CHUNK, composite
+from mlsharp.render.composite import DEFAULT_CHUNK, MAX_ALPHA, composite
 from mlsharp.render.project import LOW_PASS, project
 from mlsharp.render.scene import SceneTensors
 
@@ -25,7 +25,8 @@ def rasterize_torch(
     low_pass: float = LOW_PASS,
     tile_size: int = DEFAULT_TILE_SIZE,
     chunk: int = DEFAULT_CHUNK,
-    budget: int = DEFAULT_BUDGET,
+    budget: int | None = None,
+    max_alpha: float = MAX_ALPHA,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render ``scene`` through ``camera``.
 
@@ -34,7 +35,9 @@ def rasterize_torch(
         camera: the view.
         background: (3,) background colour in the scene's colour space.
         low_pass: screen-space dilation in px² (3DGS: 0.3).
-        tile_size, chunk, budget: tiling knobs (see :mod:`mlsharp.render.composite`).
+        tile_size, chunk, budget: tiling knobs (see :mod:`mlsharp.render.composite`;
+            ``budget=None`` picks the device type's).
+        max_alpha: alpha clamp per splat (pass gsplat's to compare with it).
 
     Returns:
         ``(image (H, W, 3), alpha (H, W))`` float32 on the scene's device, colours in the
@@ -43,5 +46,11 @@ def rasterize_torch(
     splats = project(scene, camera, low_pass=low_pass)
     bins = bin_splats(splats, camera.width, camera.height, tile_size)
     return composite(
-        bins, camera.width, camera.height, background.to(scene.device), chunk=chunk, budget=budget
+        bins,
+        camera.width,
+        camera.height,
+        background.to(scene.device),
+        chunk=chunk,
+        budget=budget,
+        max_alpha=max_alpha,
     )

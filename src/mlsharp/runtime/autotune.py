@@ -100,6 +100,9 @@ class TuneKey:
         checkpoint_sha256: digest of the weights file.
         preset: network preset.
         resolution: internal resolution the network runs at.
+        batch_size: photos per forward the candidates were timed at (what is fastest, and
+            whether it fits, changes with it; ``mlsharp serve`` tunes at the batch size it
+            serves).
     """
 
     device: str
@@ -108,12 +111,19 @@ class TuneKey:
     checkpoint_sha256: str
     preset: str
     resolution: int
+    batch_size: int = 1
     #: The other backends' runtime versions measured with (``openvino 2026.4.1, ...``).
     runtimes: str = ""
 
     def file_name(self) -> str:
-        """The cache file name: a digest of the whole key."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        """The cache file name: a digest of the whole key (a batch size of 1 and no other
+        runtimes are left out, so results cached before the key had them stay valid)."""
+        fields = asdict(self)
+        if fields["batch_size"] == 1:
+            del fields["batch_size"]
+        if not fields["runtimes"]:
+            del fields["runtimes"]
+        blob = json.dumps(fields, sort_keys=True).encode()
         return f"{hashlib.sha256(blob).hexdigest()[:24]}.json"
 
 
@@ -125,10 +135,11 @@ class Measurement:
         options: the candidate.
         reference: this is the fp32 reference (always qualifies).
         error: why it could not run (``None`` when it ran).
-        times: seconds of each timed ``predict`` (end to end: preprocess, forward,
-            post-processing, device-to-host copy).
-        forward_times: seconds of the network forward alone in each timed run, when the
-            engine reports them.
+        times: seconds per photo of each timed prediction (end to end: preprocess,
+            forward, post-processing, device-to-host copy; a batch's time divided by its
+            photos).
+        forward_times: seconds per photo of the network forward alone in each timed run,
+            when the engine reports them.
         peak_memory: bytes (see ``memory_kind`` and :mod:`mlsharp.runtime.peak`).
         memory_kind: how ``peak_memory`` was measured.
         errors: per-property error against the reference output.
@@ -295,7 +306,7 @@ def precision_candidates(
     if device_type == "cuda":
         precisions = ["fp32", *(["tf32"] if tf32 else []), *(["bf16"] if bf16 else []), "fp16"]
     elif device_type == "mps":
-        precisions = ["fp32", "fp16", "bf16"]
+        precisions = ["fp32", "fp16", *(["bf16"] if bf16 else [])]
     else:
         precisions = ["fp32", *(["bf16"] if bf16 else [])]
     layouts = (False,) if device_type == "mps" else (False, True)
@@ -520,7 +531,9 @@ class _Tuner:
         runs: int,
         warmup: int,
         bar: Any,
+        batch_size: int = 1,
     ) -> None:
+        self.batch_size = batch_size
         self.checkpoint = checkpoint
         self.preset = preset
         self.device = device
@@ -548,12 +561,13 @@ class _Tuner:
             with PeakMemory(self.device) as peak:
                 engine = self._load(options)
                 peak.sample()  # the weights, before the engine resets the counter
+                batch = self.batch_size
                 for step in range(warmup + self.runs):
                     start = time.perf_counter()
-                    gaussians = engine.predict(self.photo)
+                    gaussians = engine.predict_many([self.photo] * batch, batch_size=batch)[0]
                     peak.sample()
                     if step >= warmup:
-                        measurement.times.append(time.perf_counter() - start)
+                        measurement.times.append((time.perf_counter() - start) / batch)
                         forward = getattr(gaussians.metadata.get("timings"), "inference", None)
                         if forward:
                             measurement.forward_times.append(float(forward))
@@ -619,7 +633,11 @@ def _capabilities(probe: SystemProbe, device: torch.device) -> tuple[bool, bool]
         return (bool(gpu and gpu.tf32), bool(gpu and gpu.bf16))
     if device.type == "cpu":
         return False, bool(probe.cpu.bf16_native)
-    return False, True
+    import platform
+
+    from mlsharp.runtime.precision import mps_bf16_supported
+
+    return False, mps_bf16_supported(platform.mac_ver()[0])  # MPS: bf16 from macOS 14
 
 
 def tune_key(
@@ -629,8 +647,9 @@ def tune_key(
     device: torch.device,
     resolution: int | None,
     probe: SystemProbe,
+    batch_size: int = 1,
 ) -> TuneKey:
-    """The cache key of tuning ``checkpoint`` with ``preset`` on ``device``."""
+    """The cache key of tuning ``checkpoint`` with ``preset`` on ``device`` at ``batch_size``."""
     import torch
 
     from mlsharp.model.config import preset as preset_config
@@ -649,6 +668,7 @@ def tune_key(
         checkpoint_sha256=memoized_sha256(checkpoint),
         preset=preset,
         resolution=int(resolution or native),
+        batch_size=batch_size,
         runtimes=_runtime_versions(),
     )
 
@@ -697,6 +717,7 @@ def autotune(
     candidates: Sequence[RuntimeOptions] | None = None,
     download: bool = True,
     progress: bool = False,
+    batch_size: int = 1,
     backend: str | None = None,
     backend_device: str | None = None,
 ) -> AutotuneResult:
@@ -717,6 +738,7 @@ def autotune(
             two-stage search.
         download: allow downloading the default checkpoint.
         progress: show a progress bar on stderr.
+        batch_size: photos per forward to time the candidates at (copies of the input).
         backend: ``auto``/``None`` (every installed backend on a CPU), ``torch`` (torch
             only) or one of ``openvino``/``onnxruntime`` (that one besides torch).
         backend_device: the device of those backends (see ``RuntimeOptions``).
@@ -733,10 +755,19 @@ def autotune(
         raise ConfigError(f"--runs must be at least 1, not {runs}")
     if warmup < 0:
         raise ConfigError(f"--warmup must be 0 or more, not {warmup}")
+    if batch_size < 1:
+        raise ConfigError(f"the batch size must be at least 1, not {batch_size}")
     path = resolve_checkpoint(checkpoint, download=download, progress=progress)
     torch_device = _canonical_device(device)
     probe = probe_system(query_driver=False)
-    key = tune_key(path, preset=preset, device=torch_device, resolution=resolution, probe=probe)
+    key = tune_key(
+        path,
+        preset=preset,
+        device=torch_device,
+        resolution=resolution,
+        probe=probe,
+        batch_size=batch_size,
+    )
     if not force:
         cached = load_cached(key)
         if cached is not None:
@@ -770,7 +801,16 @@ def autotune(
         disable=not progress,
         dynamic_ncols=True,
     ) as bar:
-        tuner = _Tuner(path, preset, torch_device, photo, runs=runs, warmup=warmup, bar=bar)
+        tuner = _Tuner(
+            path,
+            preset,
+            torch_device,
+            photo,
+            runs=runs,
+            warmup=warmup,
+            bar=bar,
+            batch_size=batch_size,
+        )
         measurements = [tuner.measure(stage1[0], reference=True)]
         measurements += [tuner.measure(options) for options in stage1[1:]]
         if candidates is None:
@@ -818,6 +858,7 @@ def cached_or_tuned(
     force: bool = False,
     download: bool = True,
     progress: bool = False,
+    batch_size: int = 1,
 ) -> RuntimeOptions:
     """The tuned options for this machine: from the cache, or measured now and cached.
 
@@ -832,6 +873,7 @@ def cached_or_tuned(
         force=force,
         download=download,
         progress=progress,
+        batch_size=batch_size,
     )
     if result.from_cache:
         log.info("autotune: using cached %s (%s)", result.best.label(), result.path)
@@ -845,8 +887,8 @@ def server_options(settings: Settings, *, progress: bool = False) -> RuntimeOpti
 
     Without ``settings.autotune``: the settings' own (:meth:`Settings.runtime_options`).
     With it: the cached (or, when there is none, freshly measured) choice for the
-    settings' device, checkpoint, preset and resolution; the batch size stays the
-    settings' (autotune times single images).
+    settings' device, checkpoint, preset and resolution, timed at the batch size the
+    server runs (:func:`serving_batch_size`); the batch size option stays the settings'.
     """
     options = settings.runtime_options()
     if not settings.autotune:
@@ -858,5 +900,16 @@ def server_options(settings: Settings, *, progress: bool = False) -> RuntimeOpti
         resolution=settings.resolution,
         download=not settings.offline,
         progress=progress,
+        batch_size=serving_batch_size(settings),
     )
     return replace(tuned, batch_size=options.batch_size)
+
+
+def serving_batch_size(settings: Settings) -> int:
+    """The photos per forward ``mlsharp serve`` runs under load: its batch size, else as
+    many as its worker threads can bring together (up to the memory estimate's cap)."""
+    from mlsharp.runtime.memory import MAX_ESTIMATED_BATCH
+
+    if settings.batch_size:
+        return settings.batch_size
+    return max(1, min(settings.workers, MAX_ESTIMATED_BATCH))

@@ -87,9 +87,10 @@ class GpuDevice:
         arch: ``sm_XY`` on CUDA, the gfx target (e.g. ``gfx90a``) on ROCm.
         capability: CUDA compute capability ``[major, minor]``; ``None`` on ROCm.
         total_memory: bytes.
-        free_memory: bytes free right now (``torch.cuda.mem_get_info``), if known.
+        free_memory: bytes free right now, when NVML (nvidia-ml-py) or amd-smi can tell
+            without a CUDA context; else ``None``.
         multiprocessors: SMs / CUs.
-        bf16: ``torch.cuda.is_bf16_supported`` without emulation.
+        bf16: computes bf16 natively (:func:`~mlsharp.runtime.precision.cuda_bf16_native`).
         tf32: TF32 tensor cores (CUDA compute capability >= 8.0).
         supported_by_build: whether this torch build ships kernels for ``arch``
             (``torch.cuda.get_arch_list``); ``None`` when the build does not say.
@@ -211,8 +212,8 @@ def probe_system(*, query_driver: bool = True) -> SystemProbe:
     """Collect the facts about this machine from torch and the operating system.
 
     ``query_driver`` runs ``nvidia-smi`` / ``rocm-smi`` (if on PATH) with a
-    :data:`DRIVER_QUERY_TIMEOUT` for the driver version. Initialises CUDA when torch was
-    built with it (``mem_get_info`` needs a context on each GPU).
+    :data:`DRIVER_QUERY_TIMEOUT` for the driver version. Initialises torch's CUDA runtime
+    when torch was built with it, but creates no context on any GPU (see :func:`_gpus`).
     """
     import torch
 
@@ -290,20 +291,30 @@ def _cuda_available(torch: Any) -> tuple[bool, str | None]:
     return False, reason.splitlines()[0] if reason else None
 
 
+def _free_memory_nvml(torch: Any, index: int, total: int) -> int | None:
+    """Free bytes of GPU ``index`` from NVML / amd-smi (``torch.cuda.device_memory_used``),
+    which needs no CUDA context; ``None`` when that library is not installed."""
+    try:
+        return max(0, total - int(torch.cuda.device_memory_used(index)))
+    except Exception:  # nvidia-ml-py / amdsmi missing, or the query failed: unknown
+        return None
+
+
 def _gpus(torch: Any, arch_list: tuple[str, ...]) -> tuple[GpuDevice, ...]:
+    """Every visible GPU from its properties, without creating a CUDA context on it.
+
+    ``torch.cuda.mem_get_info`` and ``torch.cuda.device(i)`` (``cudaSetDevice``) would
+    each create a context (hundreds of MB of GPU memory, seconds of start-up) on every
+    visible GPU, also on GPUs other processes are using; properties and NVML do not.
+    """
+    from mlsharp.runtime.precision import cuda_bf16_native
+
     rocm = bool(getattr(torch.version, "hip", None))
     devices = []
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
-        free = None
-        with contextlib.suppress(Exception):  # a GPU in exclusive mode used by another process
-            free = int(torch.cuda.mem_get_info(index)[0])
-        bf16 = False
-        with contextlib.suppress(Exception), torch.cuda.device(index):
-            try:
-                bf16 = bool(torch.cuda.is_bf16_supported(including_emulation=False))
-            except TypeError:  # torch < 2.3 has no including_emulation
-                bf16 = bool(torch.cuda.is_bf16_supported())
+        free = _free_memory_nvml(torch, index, int(props.total_memory))
+        bf16 = cuda_bf16_native((int(props.major), int(props.minor)), torch.version.hip)
         if rocm:
             # gcnArchName is e.g. "gfx90a:sramecc+:xnack-": the target is before the colon.
             arch = str(getattr(props, "gcnArchName", "")).split(":", 1)[0]

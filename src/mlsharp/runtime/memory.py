@@ -23,7 +23,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
@@ -99,7 +100,7 @@ def run_guarded(
     device: torch.device,
     context: str,
     advice: str = "",
-    release: Callable[[], None] | None = None,
+    release: Callable[[], object] | None = None,
 ) -> T:
     """Run ``step``; an allocation failure becomes :class:`OutOfMemory` after cleanup.
 
@@ -126,7 +127,14 @@ def run_guarded(
 
 
 class MemoryGuard:
-    """Releases cached memory when the process idles or its use crosses a threshold.
+    """Releases cached memory when the process idles or its use crosses a threshold, and
+    never while another thread is using the device.
+
+    The engine wraps each use of the device (a batch's forward, post-processing and
+    copies) in :meth:`working`. A release (``synchronize`` + ``empty_cache``) waits until
+    no other thread is inside it, and new work waits while a release runs: a release
+    in the middle of another job's forward would break a CUDA graph capture (a
+    synchronize during capture is an error) and stall the forward.
 
     Args:
         device: the engine's device.
@@ -151,17 +159,68 @@ class MemoryGuard:
         self.on_release = on_release
         #: Releases done so far, by reason.
         self.releases: Counter[str] = Counter()
-        self._lock = threading.Lock()
+        #: Called (under the release's exclusion) after the allocator's cache is given
+        #: back, e.g. to drop the engine's pinned host buffers.
+        self.release_hooks: list[Callable[[], None]] = []
+        self._cond = threading.Condition()
+        self._working = 0  # threads inside working(), counted once each
+        self._mine = threading.local()  # this thread's nesting depth in working()
+        self._releasing = False
         self._last_activity = time.monotonic()
         self._idle_released = True  # nothing to release before the first job
 
-    def release(self, reason: str) -> None:
-        """Release cached memory now and record ``reason``."""
-        with self._lock:
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        """Mark the enclosed block as using the device (re-entrant per thread)."""
+        depth = getattr(self._mine, "depth", 0)
+        if depth == 0:
+            with self._cond:
+                while self._releasing:
+                    self._cond.wait()
+                self._working += 1
+        self._mine.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._mine.depth = depth
+            if depth == 0:
+                with self._cond:
+                    self._working -= 1
+                    self._cond.notify_all()
+
+    @property
+    def busy(self) -> bool:
+        """Some thread is using the device right now."""
+        with self._cond:
+            return self._working > 0
+
+    def release(self, reason: str, *, wait: bool = True) -> bool:
+        """Release cached memory and record ``reason``; True if it did.
+
+        Waits until no *other* thread is inside :meth:`working` (the calling thread's own
+        block does not count: an out-of-memory release follows its own failed forward).
+        With ``wait=False`` it gives up at once instead (returns False) when the device
+        is in use.
+        """
+        own = 1 if getattr(self._mine, "depth", 0) else 0
+        with self._cond:
+            while self._working > own or self._releasing:
+                if not wait:
+                    return False
+                self._cond.wait()
+            self._releasing = True
+        try:
             release_cached_memory(self.device)
+            for hook in self.release_hooks:
+                hook()
             self.releases[reason] += 1
+        finally:
+            with self._cond:
+                self._releasing = False
+                self._cond.notify_all()
         if self.on_release is not None:
             self.on_release(reason)
+        return True
 
     def note_activity(self) -> None:
         """Record that work happened (restarts the idle clock)."""
@@ -169,29 +228,41 @@ class MemoryGuard:
         self._idle_released = False
 
     def after_job(self) -> bool:
-        """Call between jobs: notes activity, reclaims above the threshold; True if it did."""
+        """Call between jobs: notes activity, reclaims above the threshold; True if it did.
+
+        Skipped while another thread uses the device (the next job's end tries again).
+        """
         self.note_activity()
         if self.reclaim_threshold is None:
             return False
         use = memory_use(self.device)
         if use is None or use[0] <= self.reclaim_threshold * use[1]:
             return False
-        self.release("threshold")
-        return True
+        return self.release("threshold", wait=False)
 
     def maybe_release_idle(self) -> bool:
-        """Call when idle: releases once per idle period longer than ``idle_seconds``."""
+        """Call when idle: releases once per idle period longer than ``idle_seconds``
+        (not while another thread uses the device)."""
         if self.idle_seconds is None or self._idle_released:
             return False
         if time.monotonic() - self._last_activity < self.idle_seconds:
             return False
+        if not self.release("idle", wait=False):
+            return False
         self._idle_released = True
-        self.release("idle")
         return True
 
 
+#: The largest batch the memory-based estimate suggests.
+MAX_ESTIMATED_BATCH = 16
+
+
 def estimate_batch_size(
-    device: torch.device, bytes_per_image: int | None, *, limit: int = 16, headroom: float = 0.8
+    device: torch.device,
+    bytes_per_image: int | None,
+    *,
+    limit: int = MAX_ESTIMATED_BATCH,
+    headroom: float = 0.8,
 ) -> int:
     """Images per forward that fit in ``headroom`` of the free memory of a CUDA device.
 

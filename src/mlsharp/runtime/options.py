@@ -18,6 +18,20 @@ from mlsharp.choices import BACKEND_CHOICES
 Precision = Literal["fp32", "tf32", "bf16", "fp16"]
 PRECISION_CHOICES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
 
+#: Batch sizes a fixed-shape forward (``compile``, ``cuda_graphs``) runs at. Each new input
+#: shape costs a recompilation or a graph capture (and the graph's memory), so batches are
+#: cut into these sizes (9 photos: 8 + 1) instead of running at every size from 1 to 16.
+BATCH_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
+
+
+def batch_bucket(photos: int) -> int:
+    """The largest bucket of :data:`BATCH_BUCKETS` that is at most ``photos`` (at least 1);
+    above the largest bucket, a multiple of it."""
+    top = BATCH_BUCKETS[-1]
+    if photos >= top:
+        return top * (photos // top)
+    return max((b for b in BATCH_BUCKETS if b <= photos), default=1)
+
 
 @dataclass(frozen=True)
 class RuntimeOptions:
@@ -33,7 +47,8 @@ class RuntimeOptions:
         fast_postprocess: decompose the covariances with the float32 Jacobi solver on the
             device instead of the float64 reference eigendecomposition.
         batch_size: images per forward in ``Engine.predict_many`` (``None``: estimated
-            from free memory on CUDA, 1 elsewhere).
+            from free memory on CUDA, 1 elsewhere); lowered after an out-of-memory error,
+            and cut into :data:`BATCH_BUCKETS` sizes with ``compile`` or ``cuda_graphs``.
         backend: what runs the forward: ``torch``, ``openvino``, ``onnxruntime``, or
             ``auto`` (resolved when the engine is built; see :mod:`mlsharp.backends`).
         backend_device: the OpenVINO device (``CPU``, ``GPU``, ``NPU``, ``AUTO``) or the
@@ -53,10 +68,15 @@ class RuntimeOptions:
     backend_device: str | None = None
     int8_weights: bool = False
 
+    @property
+    def fixed_shapes(self) -> bool:
+        """Whether each new input shape costs a compilation or a graph capture."""
+        return self.compile or self.cuda_graphs
+
     def label(self) -> str:
         """A short human-readable name, e.g. ``bf16+channels_last+compile`` or
         ``openvino+bf16+int8_weights`` (the backend is named unless it is torch)."""
-        parts = []
+        parts: list[str] = []
         if self.backend != "torch":
             parts.append(self.backend + (f":{self.backend_device}" if self.backend_device else ""))
         parts.append(self.precision)

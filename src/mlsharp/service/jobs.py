@@ -82,6 +82,10 @@ class JobRecord:
     timings: dict[str, float] = field(default_factory=dict)
     #: ``{"code": ..., "message": ...}`` for a failed job
     error: dict[str, str] | None = None
+    #: how many splats to keep: ``{"max_splats": N, "min_opacity": A}`` (those given)
+    density: dict[str, Any] = field(default_factory=dict)
+    #: what the result holds: ``{"splats": N, "bytes": {format: size}}``
+    stats: dict[str, Any] = field(default_factory=dict)
     batch_id: str | None = None
     owner: str | None = None
     idempotency_key: str | None = None
@@ -136,7 +140,10 @@ class JobStore(Protocol):
     def close(self) -> None: ...
 
 
-_JSON_FIELDS = {"formats", "outputs", "timings", "error"}
+_JSON_FIELDS = {"formats", "outputs", "timings", "error", "density", "stats"}
+# Columns added after the first release, with their SQL definition: an older database
+# gets them on open (ALTER TABLE ... ADD COLUMN), so its jobs stay readable.
+_ADDED_COLUMNS = {"density": "TEXT NOT NULL DEFAULT '{}'", "stats": "TEXT NOT NULL DEFAULT '{}'"}
 _BOOL_FIELDS = {"cached", "cancel_requested"}
 _COLUMNS = [f.name for f in fields(JobRecord)]
 
@@ -158,6 +165,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     outputs TEXT NOT NULL,
     timings TEXT NOT NULL,
     error TEXT,
+    density TEXT NOT NULL DEFAULT '{}',
+    stats TEXT NOT NULL DEFAULT '{}',
     batch_id TEXT,
     owner TEXT,
     idempotency_key TEXT,
@@ -226,6 +235,15 @@ class SQLiteJobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Give a database made by an earlier version the columns added since."""
+        with self._tx() as db:
+            present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, definition in _ADDED_COLUMNS.items():
+                if name not in present:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

@@ -61,6 +61,12 @@ class JobPublic(BaseModel):
     input_name: str
     focal_mm: float | None
     formats: list[str]
+    max_splats: int | None = Field(None, description="splats kept at most, if limited")
+    min_opacity: float | None = Field(None, description="least opacity kept, if limited")
+    splats: int | None = Field(None, description="splats in the result (when succeeded)")
+    sizes: dict[str, int] = Field(
+        default_factory=dict, description="format name -> file size in bytes (when succeeded)"
+    )
     timings: dict[str, float] = Field(description="seconds per stage")
     error: JobError | None
     cached: bool = Field(description="the result came from the cache")

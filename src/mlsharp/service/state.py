@@ -123,6 +123,11 @@ class ServiceState:
         except MlsharpError as error:
             self.model.error = str(error)
             log.error("the model could not be loaded: %s", error)
+        except Exception as error:  # a device failure (CUDA error) or a bug: say it, with
+            # the traceback in the log, instead of a 503 that never explains itself
+            first = (str(error).strip().splitlines() or [""])[0]
+            self.model.error = f"{type(error).__name__}: {first}" if first else repr(error)
+            log.exception("the model could not be loaded: %s", self.model.error)
         finally:
             self.model.ready.set()
             if self.wake_workers is not None:

@@ -16,7 +16,7 @@ import json
 import re
 import sqlite3
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mlsharp.errors import BadRequest, QueueFull
@@ -25,7 +25,7 @@ from mlsharp.service.cache import cache_key
 from mlsharp.service.jobs import JobRecord, JobStatus, new_id
 from mlsharp.service.preview import cache_formats
 from mlsharp.service.state import ServiceState
-from mlsharp.service.worker import link_cached_outputs, publish_outcome
+from mlsharp.service.worker import link_cached_outputs, publish_outcome, result_stats
 
 _SUFFIX_BY_FORMAT = {
     "JPEG": ".jpg",
@@ -48,24 +48,33 @@ class Submission:
     filename: str
     focal_mm: float | None = None
     formats: tuple[str, ...] = ("ply",)
+    #: splats to keep, ``{"max_splats": N, "min_opacity": A}`` (see :func:`parse_density`)
+    density: dict[str, Any] = field(default_factory=dict)
     owner: str | None = None
     idempotency_key: str | None = None
     batch_id: str | None = None
 
 
 def parse_formats(raw: str | None, default: list[str]) -> tuple[str, ...]:
-    """``"ply,spz"`` -> ``("ply", "spz")``, checked against the available formats."""
-    from mlsharp.splat import FORMATS
+    """``"ply,spz"`` -> ``("ply", "spz")``, checked against the format table."""
+    from mlsharp import formats
+    from mlsharp.errors import ConfigError
 
-    names = [p.strip().lower() for p in (raw or "").split(",") if p.strip()] or list(default)
-    unknown = [n for n in names if n not in FORMATS]
-    if unknown:
-        raise BadRequest(
-            f"unknown output format {unknown[0]!r}; available: {', '.join(FORMATS)}",
-            status=422,
-            code="invalid_format",
-        )
-    return tuple(dict.fromkeys(names))
+    try:
+        return formats.parse_formats(raw, default)
+    except ConfigError as error:
+        raise BadRequest(str(error), status=422, code="invalid_format") from None
+
+
+def parse_density(max_splats: int | None, min_opacity: float | None) -> dict[str, Any]:
+    """The ``max_splats`` / ``min_opacity`` form fields as a job's ``density`` (checked)."""
+    from mlsharp.errors import ConfigError
+    from mlsharp.splat.density import Density
+
+    try:
+        return Density.checked(max_splats, min_opacity).as_dict()
+    except ConfigError as error:
+        raise BadRequest(str(error), status=422, code="validation_error") from None
 
 
 def clean_filename(name: str | None) -> str:
@@ -78,7 +87,10 @@ def clean_filename(name: str | None) -> str:
 def request_hash(sub: Submission) -> str:
     """Digest of everything that defines the job, to compare idempotent retries."""
     digest = hashlib.sha256(sub.data)
-    digest.update(json.dumps([sub.focal_mm, list(sub.formats)]).encode())
+    fields: list[Any] = [sub.focal_mm, list(sub.formats)]
+    if sub.density:  # absent when not asked for: hashes of earlier requests stay valid
+        fields.append(sub.density)
+    digest.update(json.dumps(fields).encode())
     return digest.hexdigest()
 
 
@@ -121,13 +133,14 @@ def submit(state: ServiceState, sub: Submission) -> tuple[JobRecord, bool]:
         input_suffix=_SUFFIX_BY_FORMAT.get(image.format.upper(), ".img"),
         focal_mm=sub.focal_mm,
         formats=sub.formats,
+        density=dict(sub.density),
         owner=sub.owner,
         idempotency_key=sub.idempotency_key,
         request_hash=fingerprint,
         batch_id=sub.batch_id,
     )
     if state.cache.enabled:
-        found = _cache_lookup(state, image, sub.formats)
+        found = _cache_lookup(state, image, sub.formats, sub.density)
         if found is not None:
             key, hit = found
             job = replace(job, cache_key=key)
@@ -150,7 +163,7 @@ def submit(state: ServiceState, sub: Submission) -> tuple[JobRecord, bool]:
 
 
 def _cache_lookup(
-    state: ServiceState, image: Any, formats: tuple[str, ...]
+    state: ServiceState, image: Any, formats: tuple[str, ...], density: dict[str, Any]
 ) -> tuple[str | None, dict | None] | None:
     """``(key, hit files or None)``, or ``None`` when no model id is known to look with.
 
@@ -169,7 +182,7 @@ def _cache_lookup(
     key = None
     hit = None
     for model_id in candidates:
-        key = cache_key(image.pixels, focal_px=image.focal_px, model_id=model_id)
+        key = cache_key(image.pixels, focal_px=image.focal_px, model_id=model_id, options=density)
         hit = state.cache.get(key, wanted)
         if hit:
             break
@@ -198,6 +211,7 @@ def _check_queue(state: ServiceState) -> None:
 def _finish_from_cache(state: ServiceState, job: JobRecord, files: dict) -> JobRecord:
     """Record a job that is finished at birth, its files linked from the cache."""
     outputs = link_cached_outputs(state, job, files)
+    stats = result_stats(state, job, outputs)
     now = time.time()
     done = replace(
         job,
@@ -207,6 +221,7 @@ def _finish_from_cache(state: ServiceState, job: JobRecord, files: dict) -> JobR
         started_at=now,
         finished_at=now,
         outputs=outputs,
+        stats=stats,
         cached=True,
     )
     try:

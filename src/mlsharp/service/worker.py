@@ -45,6 +45,32 @@ def output_name(job: JobRecord, fmt: str) -> str:
     return f"{Path(job.input_name).stem or 'scene'}{suffix}"
 
 
+def result_stats(
+    state: ServiceState, job: JobRecord, outputs: dict[str, str], splats: int | None = None
+) -> dict[str, Any]:
+    """What a job's result holds: ``{"splats": N, "bytes": {format: size}}``.
+
+    ``splats`` is counted from a scene file's header when not given (a cached result).
+    Files that cannot be looked at (gone meanwhile) are left out; this never raises.
+    """
+    from mlsharp import formats, splat
+
+    sizes: dict[str, int] = {}
+    for fmt, name in outputs.items():
+        path = state.storage.output_path(job.id, name)
+        try:
+            sizes[fmt] = path.stat().st_size
+            spec = formats.FORMATS.get(fmt)
+            if splats is None and spec is not None and spec.scene:
+                splats = splat.count(path, fmt)
+        except (OSError, MlsharpError):
+            continue
+    stats: dict[str, Any] = {"bytes": sizes}
+    if splats is not None:
+        stats["splats"] = splats
+    return stats
+
+
 def link_cached_outputs(
     state: ServiceState, job: JobRecord, files: dict[str, Path]
 ) -> dict[str, str]:
@@ -121,7 +147,7 @@ class JobRunner:
         """Run one claimed job to its end, recording success, failure or cancellation."""
         started = time.perf_counter()
         try:
-            outputs, timings, cached = self._execute(job)
+            outputs, timings, cached, stats = self._execute(job)
         except JobCanceled:
             self._finish(job, JobStatus.CANCELED, stage="canceled")
         except MlsharpError as error:
@@ -148,10 +174,15 @@ class JobRunner:
                 outputs=outputs,
                 timings=timings,
                 cached=cached,
+                stats=stats,
                 progress=1.0,
             )
 
-    def _execute(self, job: JobRecord) -> tuple[dict[str, str], dict[str, float], bool]:
+    def _execute(
+        self, job: JobRecord
+    ) -> tuple[dict[str, str], dict[str, float], bool, dict[str, Any]]:
+        """Decode, look in the cache, predict, thin out and write one job's files:
+        ``(outputs, timings, cached, stats)``."""
         from mlsharp.imaging import load_image
 
         state = self.state
@@ -167,11 +198,17 @@ class JobRunner:
         key = job.cache_key  # set when the submission already looked in the cache
         if key is None and state.model.model_id is not None and state.cache.enabled:
             # Submitted before the model was loaded: look now (it may be a repeat).
-            key = cache_key(image.pixels, focal_px=image.focal_px, model_id=state.model.model_id)
+            key = cache_key(
+                image.pixels,
+                focal_px=image.focal_px,
+                model_id=state.model.model_id,
+                options=job.density,
+            )
             hit = state.cache.get(key, cache_formats(state.settings, job.formats))
             state.metrics.cache_lookups.labels("hit" if hit else "miss").inc()
             if hit:
-                return link_cached_outputs(state, job, hit), timings, True
+                outputs = link_cached_outputs(state, job, hit)
+                return outputs, timings, True, result_stats(state, job, outputs)
         gaussians = self._predictor().predict(image, on_stage=lambda s: self._advance(job.id, s))
         stage_times = gaussians.metadata["timings"]
         timings.update(
@@ -181,11 +218,11 @@ class JobRunner:
             transfer=stage_times.transfer,
         )
         self._advance(job.id, "write")
-        outputs, timings["write"] = self._write(job, gaussians)
+        outputs, timings["write"], splats = self._write(job, gaussians)
         if key is not None:
             out_dir = state.storage.output_dir(job.id)
             state.cache.put(key, {fmt: out_dir / name for fmt, name in outputs.items()})
-        return outputs, timings, False
+        return outputs, timings, False, result_stats(state, job, outputs, splats)
 
     def _predictor(self) -> Batcher:
         """The engine behind a :class:`Batcher`: concurrent worker threads share forwards
@@ -201,10 +238,14 @@ class JobRunner:
                 )
             return self._batcher
 
-    def _write(self, job: JobRecord, gaussians: Any) -> tuple[dict[str, str], float]:
+    def _write(self, job: JobRecord, gaussians: Any) -> tuple[dict[str, str], float, int]:
+        """Write the job's formats (and the preview) of the scene thinned out as the job
+        asks; ``(outputs, seconds, splats written)``."""
         from mlsharp import splat
+        from mlsharp.splat.density import Density
 
         start = time.perf_counter()
+        gaussians = splat.reduce_density(gaussians, Density.checked(**job.density))
         out_dir = self.state.storage.output_dir(job.id)
         outputs = {}
         for fmt in job.formats:
@@ -214,7 +255,7 @@ class JobRunner:
         name = output_name(job, PREVIEW_FORMAT)  # an extra output, not one of job.formats
         if self.state.settings.previews and write_preview(gaussians, out_dir / name):
             outputs[PREVIEW_FORMAT] = name
-        return outputs, time.perf_counter() - start
+        return outputs, time.perf_counter() - start, len(gaussians)
 
     def _advance(self, job_id: str, stage: str) -> None:
         """Record that ``stage`` started; raises :class:`JobCanceled` if cancel was asked."""

@@ -1,20 +1,10 @@
 """Writers (and readers) of Gaussian splat files and depth maps. NumPy only: no torch here.
 
 ``write(gaussians, dest, format, **options)`` dispatches on the output format and
-``read(path)`` on the file name's suffix (and, for ``.ply``, on the layout inside).
-Formats (see ``docs/formats.md``):
-
-============== ======================= ==============================================
-format         suffix                  content
-============== ======================= ==============================================
-ply            ``.ply``                Apple ml-sharp's reference layout
-ply-standard   ``.standard.ply``       viewer-safe 3DGS PLY; options ``frame``, ``layout``
-splat          ``.splat``              antimatter15's 32-byte records; option ``frame``
-spz            ``.spz``                Niantic SPZ v2 (gzip); options ``frame``, ``version``
-depth          ``.depth.png``          16-bit depth PNG (needs a prediction)
-depth-npy      ``.depth.npy``          float32 metric depth (needs a prediction)
-depth-preview  ``.depth.preview.png``  coloured depth picture (needs a prediction)
-============== ======================= ==============================================
+``read(path)`` on the file name's suffix (and, for ``.ply``, on the layout inside). The
+formats, their suffixes, media types, options and default frames are one table,
+:data:`mlsharp.formats.FORMATS` (see ``docs/formats.md``); the constants below are views of
+it kept for callers of the earlier API.
 
 Readers return :class:`~mlsharp.gaussians.Gaussians` in the model's OpenCV frame with
 linear-RGB colours; depth files are read with the functions of :mod:`mlsharp.splat.depth`.
@@ -23,20 +13,17 @@ linear-RGB colours; depth files are read with the functions of :mod:`mlsharp.spl
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from mlsharp import formats as registry
 from mlsharp.errors import ConfigError
+from mlsharp.formats import format_for_path
 from mlsharp.gaussians import Gaussians
 from mlsharp.splat.antisplat import read_splat, write_splat
 from mlsharp.splat.common import FRAMES, Frame, SceneFormatError, check_frame
-from mlsharp.splat.depth import (
-    DepthUnavailable,
-    write_depth_npy,
-    write_depth_png,
-    write_depth_preview,
-)
+from mlsharp.splat.density import Density, reduce_density
+from mlsharp.splat.depth import DepthUnavailable
 from mlsharp.splat.ply import (
     PlyFormatError,
     is_reference_layout,
@@ -54,12 +41,14 @@ __all__ = [
     "FRAME_FORMATS",
     "MEDIA_TYPES",
     "SUFFIXES",
+    "Density",
     "DepthUnavailable",
     "Frame",
     "PlyFormatError",
     "SceneFormatError",
     "SplatFormat",
     "check_frame",
+    "count",
     "format_for_path",
     "is_reference_layout",
     "parse_formats",
@@ -69,6 +58,7 @@ __all__ = [
     "read_splat",
     "read_spz",
     "read_standard_ply",
+    "reduce_density",
     "write",
     "write_ply",
     "write_splat",
@@ -76,82 +66,23 @@ __all__ = [
     "write_standard_ply",
 ]
 
-#: Output format names accepted by :func:`write`.
-SplatFormat = Literal["ply", "ply-standard", "splat", "spz", "depth", "depth-npy", "depth-preview"]
-
-Writer = Callable[..., Path]
-
-#: Registry of writers keyed by format name; add new formats here. A writer takes the
-#: Gaussians, the destination and the keyword options listed in :data:`OPTIONS`.
-_WRITERS: dict[str, Writer] = {
-    "ply": write_ply,
-    "ply-standard": write_standard_ply,
-    "splat": write_splat,
-    "spz": write_spz,
-    "depth": write_depth_png,
-    "depth-npy": write_depth_npy,
-    "depth-preview": write_depth_preview,
-}
-
-#: Registry of readers keyed by format name (formats that hold a scene and can be read
-#: back). A reader takes the path and the ``frame`` option where :data:`FRAME_FORMATS` has it.
-_READERS: dict[str, Callable[..., Gaussians]] = {
-    "ply": read_ply,
-    "ply-standard": read_standard_ply,
-    "splat": read_splat,
-    "spz": read_spz,
-}
-
-#: Keyword options each writer accepts (anything else is a :class:`ConfigError`).
-OPTIONS: dict[str, frozenset[str]] = {
-    "ply": frozenset(),
-    "ply-standard": frozenset({"frame", "layout"}),
-    "splat": frozenset({"frame"}),
-    "spz": frozenset({"frame", "version"}),
-    "depth": frozenset(),
-    "depth-npy": frozenset(),
-    "depth-preview": frozenset(),
-}
-
-#: Formats that take a coordinate ``frame`` option, with their default frame.
-FRAME_FORMATS: dict[str, Frame] = {"ply-standard": "opencv", "splat": "opencv", "spz": "opengl"}
-
-#: Formats written from the scene's depth map (they need a prediction, not a file).
-DEPTH_FORMATS: tuple[str, ...] = ("depth", "depth-npy", "depth-preview")
+#: An output format name (one of :data:`FORMATS`).
+SplatFormat = str
 
 #: The available output formats, in registry order.
-FORMATS: tuple[str, ...] = tuple(_WRITERS)
-
+FORMATS: tuple[str, ...] = tuple(registry.FORMATS)
+#: Formats that take a coordinate ``frame`` option, with their default frame.
+FRAME_FORMATS: dict[str, Frame] = {
+    s.name: s.frame  # type: ignore[misc]
+    for s in registry.FORMATS.values()
+    if s.takes_frame
+}
+#: Formats written from the scene's depth map (they need a prediction, not a file).
+DEPTH_FORMATS: tuple[str, ...] = tuple(s.name for s in registry.FORMATS.values() if s.needs_depth)
 #: File name suffix of each format (what follows the scene's stem).
-SUFFIXES: dict[str, str] = {
-    "ply": ".ply",
-    "ply-standard": ".standard.ply",
-    "splat": ".splat",
-    "spz": ".spz",
-    "depth": ".depth.png",
-    "depth-npy": ".depth.npy",
-    "depth-preview": ".depth.preview.png",
-}
-
-#: HTTP media type of each format. PLY has no registered type; ``application/x-ply`` is
-#: the conventional unregistered one. .splat, .spz and .npy have none either.
-MEDIA_TYPES: dict[str, str] = {
-    "ply": "application/x-ply",
-    "ply-standard": "application/x-ply",
-    "splat": "application/octet-stream",
-    "spz": "application/octet-stream",
-    "depth": "image/png",
-    "depth-npy": "application/octet-stream",
-    "depth-preview": "image/png",
-}
-
-#: What a short name asks for in ``mlsharp predict --format``: ``depth`` is the PNG, its
-#: exact ``.npy`` and the coloured preview. (The service keeps one file per format name.)
-CLI_ALIASES: dict[str, tuple[str, ...]] = {"depth": DEPTH_FORMATS}
-
-
-def _unknown(fmt: str) -> ConfigError:
-    return ConfigError(f"unknown output format {fmt!r} (choose from: {', '.join(FORMATS)})")
+SUFFIXES: dict[str, str] = {s.name: s.suffix for s in registry.FORMATS.values()}
+#: HTTP media type of each format.
+MEDIA_TYPES: dict[str, str] = {s.name: s.media_type for s in registry.FORMATS.values()}
 
 
 def write(
@@ -166,8 +97,8 @@ def write(
         gaussians: the scene.
         dest: the output path.
         format: the format name.
-        **options: format options (:data:`OPTIONS`), e.g. ``frame="opengl"`` for
-            ``ply-standard``, ``splat`` and ``spz``.
+        **options: format options (:attr:`FormatSpec.options`), e.g. ``frame="opengl"``
+            for ``ply-standard``, ``splat``, ``spz`` and ``sog``, ``version=4`` for ``spz``.
 
     Returns:
         ``dest`` as a :class:`~pathlib.Path`.
@@ -176,48 +107,34 @@ def write(
         ConfigError: ``format`` is unknown, or takes no such option / value.
         DepthUnavailable: a depth format for a scene without a depth map.
     """
-    writer = _WRITERS.get(format)
-    if writer is None:
-        raise _unknown(format)
-    extra = sorted(set(options) - OPTIONS[format])
+    spec = registry.get(format)
+    extra = sorted(set(options) - spec.options)
     if extra:
         raise ConfigError(f"format {format!r} takes no option {extra[0]!r}")
-    return writer(gaussians, dest, **options)
+    return registry.resolve(spec.writer)(gaussians, dest, **options)
 
 
 def parse_formats(raw: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """``"ply,spz,depth"`` -> known format names in order, duplicates dropped.
-
-    Aliases of :data:`CLI_ALIASES` expand (``depth`` -> the PNG, ``.npy`` and preview).
+    """``"ply,spz,depth"`` -> known format names in order, duplicates dropped, the command
+    line's aliases expanded (``depth`` -> the PNG, ``.npy`` and preview).
 
     Raises:
         ConfigError: a name is unknown, or none is given.
     """
-    parts = raw.split(",") if isinstance(raw, str) else list(raw)
-    names: list[str] = []
-    for part in (p.strip().lower() for p in parts):
-        if not part:
-            continue
-        if part not in _WRITERS:
-            raise _unknown(part)
-        names.extend(CLI_ALIASES.get(part, (part,)))
-    if not names:
-        raise ConfigError(f"no output format given (choose from: {', '.join(FORMATS)})")
-    return tuple(dict.fromkeys(names))
+    return registry.parse_formats(raw, (), expand=True)
 
 
-def format_for_path(path: str | os.PathLike[str]) -> str:
-    """The format name a file name implies by its suffix (longest matching suffix wins).
+def count(path: str | os.PathLike[str], format: str | None = None) -> int:
+    """The number of splats in a scene file, read from its header (not the whole file).
 
     Raises:
-        ConfigError: no known format uses that suffix.
+        ConfigError: the format holds no splats.
+        PlyFormatError, SceneFormatError: the file is not readable in that format.
     """
-    name = Path(path).name.lower()
-    matches = [fmt for fmt, suffix in SUFFIXES.items() if name.endswith(suffix)]
-    if not matches:
-        known = ", ".join(sorted(set(SUFFIXES.values())))
-        raise ConfigError(f"cannot tell the format of {name!r} from its suffix (known: {known})")
-    return max(matches, key=lambda fmt: len(SUFFIXES[fmt]))
+    spec = registry.get(format or format_for_path(path))
+    if spec.counter is None:
+        raise ConfigError(f"{spec.name!r} files hold no splats")
+    return int(registry.resolve(spec.counter)(path))
 
 
 def read(
@@ -236,34 +153,36 @@ def read(
         format: its format; ``None`` picks it by suffix.
         frame: the frame the file is stored in, for formats that do not record it
             (default: the format's default, see :data:`FRAME_FORMATS`). The reference
-            layout is always in the model's ``opencv`` frame.
+            layout and glTF (always y up) record their frame; asking for another is an error.
 
     Returns:
         The scene in the model's OpenCV frame, colours in linear RGB.
 
     Raises:
         ConfigError: the format is unknown or cannot be read back (depth maps), or
-            ``frame`` contradicts a reference-layout ``.ply``.
+            ``frame`` contradicts a file that records its frame.
         PlyFormatError, SceneFormatError: the file is not readable in that format.
         OSError: the file cannot be opened.
     """
-    fmt = format or format_for_path(path)
-    if fmt == "ply":
-        if not is_reference_layout(path):
-            fmt = "ply-standard"  # plain 3DGS: sRGB DC and a frame comment, if any
-        elif frame is not None and check_frame(frame) != "opencv":
+    spec = registry.get(format or format_for_path(path))
+    if spec.name == "ply" and not is_reference_layout(path):
+        spec = registry.get("ply-standard")  # plain 3DGS: sRGB DC and a frame comment, if any
+    if spec.reader is None:
+        readable = ", ".join(s.name for s in registry.FORMATS.values() if s.scene)
+        raise ConfigError(
+            f"{spec.name!r} files hold a depth map, not a scene (readable scenes: {readable})"
+        )
+    reader = registry.resolve(spec.reader)
+    if frame is None:
+        return reader(path)
+    frame = check_frame(frame)
+    if not spec.takes_frame:
+        if frame != spec.frame:
+            kind = "in ml-sharp's reference layout" if spec.name == "ply" else "a glTF file"
             raise ConfigError(
-                f"{Path(path).name} is in ml-sharp's reference layout, which is always in the "
-                f"model's opencv frame; it cannot be read as {frame!r}"
+                f"{Path(path).name} is {kind}, which is always in the {spec.frame} frame "
+                f"({'the model' if spec.name == 'ply' else 'y up'}); it cannot be read as "
+                f"{frame!r}"
             )
-    reader = _READERS.get(fmt)
-    if reader is None:
-        known = ", ".join(_READERS)
-        if fmt in DEPTH_FORMATS:
-            raise ConfigError(
-                f"{fmt!r} files hold a depth map, not a scene (readable scenes: {known})"
-            )
-        raise ConfigError(f"cannot read format {fmt!r} (readable: {known})")
-    if frame is not None and fmt in FRAME_FORMATS:
-        return reader(path, frame=check_frame(frame))
-    return reader(path)
+        return reader(path)
+    return reader(path, frame=frame)

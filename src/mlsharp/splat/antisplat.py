@@ -39,7 +39,7 @@ from mlsharp.splat.common import (
     srgb_colors,
 )
 
-__all__ = ["SPLAT_DTYPE", "read_splat", "splat_records", "write_splat"]
+__all__ = ["SPLAT_DTYPE", "count_splat", "read_splat", "splat_records", "write_splat"]
 
 #: One 32-byte record.
 SPLAT_DTYPE = np.dtype(
@@ -83,6 +83,18 @@ def write_splat(
         ConfigError: unknown ``frame``.
     """
     return atomic_write(dest, (splat_records(gaussians, frame=frame),))
+
+
+def count_splat(path: str | os.PathLike[str]) -> int:
+    """The number of records of a ``.splat`` file (its size / 32).
+
+    Raises:
+        SceneFormatError: the size is not a multiple of 32 bytes.
+    """
+    size = Path(path).stat().st_size
+    if size % SPLAT_DTYPE.itemsize:
+        raise SceneFormatError(f"{path}: not a .splat file ({size} bytes is not a multiple of 32)")
+    return size // SPLAT_DTYPE.itemsize
 
 
 def read_splat(path: str | os.PathLike[str], *, frame: Frame = "opencv") -> Gaussians:

@@ -32,10 +32,12 @@ __all__ = [
     "DEFAULT_FOCAL_PX",
     "DEFAULT_IMAGE_SIZE",
     "FRAMES",
+    "MAX_READ_SPLATS",
     "Frame",
     "SceneFormatError",
     "change_frame",
     "check_frame",
+    "check_read_count",
     "from_srgb",
     "normalized_quaternions",
     "srgb_colors",
@@ -44,6 +46,12 @@ __all__ = [
 #: Coordinate frames a viewer format can be written in.
 Frame = Literal["opencv", "opengl"]
 FRAMES: tuple[str, ...] = get_args(Frame)
+
+#: The most splats a reader of a compressed format (.spz, .sog) decodes: 28x what SHARP
+#: predicts and beyond the largest published 3DGS captures. Those files can claim far more
+#: splats than their bytes hold (a gzip, zstd or WebP stream of zeros expands by 1000x and
+#: more), so the claim is checked before anything is decompressed or allocated for it.
+MAX_READ_SPLATS = 1 << 25
 
 # Files without camera metadata (.splat, .spz, third-party PLY) get the reference loader's
 # defaults (DEFAULT_FOCAL_PX, DEFAULT_IMAGE_SIZE, imported above), so a converted file is
@@ -56,6 +64,20 @@ class SceneFormatError(MlsharpError, ValueError):
     exit_code = 3
     http_status = 422
     code = "invalid_scene"
+
+
+def check_read_count(count: int, source: object, what: str) -> int:
+    """Return ``count`` if a reader may decode that many splats, else raise.
+
+    Raises:
+        SceneFormatError: ``count`` exceeds :data:`MAX_READ_SPLATS`.
+    """
+    if count > MAX_READ_SPLATS:
+        raise SceneFormatError(
+            f"{source}: {what} claims {count:,} splats, more than mlsharp reads "
+            f"({MAX_READ_SPLATS:,})"
+        )
+    return count
 
 
 def check_frame(frame: str) -> Frame:

@@ -29,6 +29,7 @@ __all__ = [
     "SH_C0",
     "VERTEX_PROPERTIES",
     "PlyFormatError",
+    "count_ply",
     "is_reference_layout",
     "linear_to_srgb",
     "ply_header",
@@ -379,6 +380,22 @@ def is_reference_layout(path: str | os.PathLike[str]) -> bool:
     with open(path, "rb") as fh:
         _, elements = _read_header(fh, path)
     return any(name in REFERENCE_ELEMENTS for name, _, _ in elements)
+
+
+def count_ply(path: str | os.PathLike[str]) -> int:
+    """The number of splats (``vertex`` records) of a PLY file, from its header alone.
+
+    Raises:
+        PlyFormatError: the header is not a readable binary PLY header, or has no vertices.
+        OSError: the file cannot be opened.
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        _, elements = _read_header(fh, path)
+    for name, count, _ in elements:
+        if name == "vertex":
+            return count
+    raise _fail(path, "no 'vertex' element")
 
 
 def _supplement(raw: dict[str, np.ndarray], key: str) -> np.ndarray | None:

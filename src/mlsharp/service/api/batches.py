@@ -16,12 +16,24 @@ from pydantic import BaseModel
 
 from mlsharp.errors import BadRequest, Conflict, MlsharpError, NotFound
 from mlsharp.imaging import is_supported_path
-from mlsharp.service.api.jobs import _ERRORS, FocalMmForm, FormatsForm
+from mlsharp.service.api.jobs import (
+    _ERRORS,
+    FocalMmForm,
+    FormatsForm,
+    MaxSplatsForm,
+    MinOpacityForm,
+)
 from mlsharp.service.deps import Owner, State, base_url
 from mlsharp.service.jobs import BatchRecord, JobRecord, JobStatus, new_id
 from mlsharp.service.schemas import BatchPublic
 from mlsharp.service.state import ServiceState
-from mlsharp.service.submit import Submission, clean_filename, parse_formats, submit
+from mlsharp.service.submit import (
+    Submission,
+    clean_filename,
+    parse_density,
+    parse_formats,
+    submit,
+)
 from mlsharp.service.views import iso, job_view
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -116,9 +128,12 @@ async def create_batch(
     files: Annotated[list[UploadFile], File(description="photos, or a single .zip of photos")],
     focal_mm: FocalMmForm = None,
     formats: FormatsForm = None,
+    max_splats: MaxSplatsForm = None,
+    min_opacity: MinOpacityForm = None,
 ) -> BatchCreated:
     """One job per image. Images that fail validation are listed in ``rejected``."""
     wanted = parse_formats(formats, state.settings.default_formats)
+    density = parse_density(max_splats, min_opacity)
     items = [(await f.read(), clean_filename(f.filename)) for f in files]
     if len(items) == 1 and items[0][0].startswith(_ZIP_MAGIC):
         # Unpacking (and the store calls below) block: off the event loop, so one large
@@ -143,6 +158,7 @@ async def create_batch(
             filename=name,
             focal_mm=focal_mm,
             formats=wanted,
+            density=density,
             owner=owner,
             batch_id=batch_id,
         )

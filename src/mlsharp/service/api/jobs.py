@@ -21,10 +21,12 @@ from mlsharp.service.submit import (
     Submission,
     check_idempotency_key,
     clean_filename,
+    parse_density,
     parse_formats,
     submit,
 )
 from mlsharp.service.views import job_event_data, job_view
+from mlsharp.splat.density import MAX_SPLATS_LIMIT
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -48,6 +50,18 @@ FocalMmForm = Annotated[
 FormatsForm = Annotated[
     str | None, Form(max_length=200, description="comma-separated output formats")
 ]
+MaxSplatsForm = Annotated[
+    int | None,
+    Form(
+        ge=1,
+        le=MAX_SPLATS_LIMIT,
+        description="keep at most this many splats, the most important (opacity x area seen "
+        "from the photo's camera); SHARP predicts 1,179,648",
+    ),
+]
+MinOpacityForm = Annotated[
+    float | None, Form(ge=0, lt=1, description="drop splats less opaque than this")
+]
 
 
 async def submit_upload(
@@ -58,14 +72,19 @@ async def submit_upload(
     formats: str | None,
     owner: str | None,
     idempotency_key: str | None = None,
+    max_splats: int | None = None,
+    min_opacity: float | None = None,
 ) -> tuple[JobRecord, bool]:
     """Read one uploaded photo and submit it (see :func:`submit`); ``(job, replayed)``."""
+    wanted = parse_formats(formats, state.settings.default_formats)
+    density = parse_density(max_splats, min_opacity)
     data, name = await read_upload(upload)
     sub = Submission(
         data=data,
         filename=name,
         focal_mm=focal_mm,
-        formats=parse_formats(formats, state.settings.default_formats),
+        formats=wanted,
+        density=density,
         owner=owner,
         idempotency_key=check_idempotency_key(idempotency_key),
     )
@@ -89,6 +108,8 @@ async def create_job(
     file: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, TIFF, HEIC...)")],
     focal_mm: FocalMmForm = None,
     formats: FormatsForm = None,
+    max_splats: MaxSplatsForm = None,
+    min_opacity: MinOpacityForm = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobCreated:
     """Queue a photo for 3D prediction; answers at once with the job's id and status URL.
@@ -103,6 +124,8 @@ async def create_job(
         formats=formats,
         owner=owner,
         idempotency_key=idempotency_key,
+        max_splats=max_splats,
+        min_opacity=min_opacity,
     )
     status_url = f"{base_url(state)}/v1/jobs/{job.id}"
     response.headers["Location"] = status_url

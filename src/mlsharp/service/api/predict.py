@@ -7,7 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, File, UploadFile
 
 from mlsharp.errors import RequestError
-from mlsharp.service.api.jobs import _ERRORS, FocalMmForm, FormatsForm, submit_upload, wait_for_job
+from mlsharp.service.api.jobs import (
+    _ERRORS,
+    FocalMmForm,
+    FormatsForm,
+    MaxSplatsForm,
+    MinOpacityForm,
+    submit_upload,
+    wait_for_job,
+)
 from mlsharp.service.deps import Owner, State, base_url
 from mlsharp.service.jobs import JobStatus
 from mlsharp.service.schemas import ErrorBody, JobError, PredictResult
@@ -32,9 +40,19 @@ async def predict(
     file: Annotated[UploadFile, File(description="the photo")],
     focal_mm: FocalMmForm = None,
     formats: FormatsForm = None,
+    max_splats: MaxSplatsForm = None,
+    min_opacity: MinOpacityForm = None,
 ) -> PredictResult:
     """Queue the photo like ``POST /v1/jobs`` and answer when its job has finished."""
-    job, _ = await submit_upload(state, file, focal_mm=focal_mm, formats=formats, owner=owner)
+    job, _ = await submit_upload(
+        state,
+        file,
+        focal_mm=focal_mm,
+        formats=formats,
+        owner=owner,
+        max_splats=max_splats,
+        min_opacity=min_opacity,
+    )
     final = await wait_for_job(state, job.id, state.settings.sync_timeout_seconds)
     if final is None or not final.terminal:
         raise PredictTimeout(

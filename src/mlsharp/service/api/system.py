@@ -41,6 +41,11 @@ class FormatInfo(BaseModel):
     frame: str | None = Field(
         description="coordinate frame of a scene file: opencv (y down, z forward) or opengl"
     )
+    summary: str = Field("", description="what the format is, in a few words")
+    viewer: bool = Field(False, description="the web page's viewer can show it")
+    bytes_per_splat: float | None = Field(
+        None, description="typical file bytes per splat of a SHARP scene (for choosing)"
+    )
 
 
 class ServiceInfo(BaseModel):
@@ -61,18 +66,20 @@ class ServiceInfo(BaseModel):
 )
 def info(state: State) -> ServiceInfo:
     """Output formats, default formats, upload limit and whether an API key is required."""
-    from mlsharp import splat
+    from mlsharp.formats import FORMATS
 
-    depth_formats = set(splat.DEPTH_FORMATS)
     formats = [
         FormatInfo(
-            name=name,
-            suffix=splat.SUFFIXES[name],
-            media_type=splat.MEDIA_TYPES.get(name, "application/octet-stream"),
-            scene=name not in depth_formats,
-            frame=None if name in depth_formats else splat.FRAME_FORMATS.get(name, "opencv"),
+            name=spec.name,
+            suffix=spec.suffix,
+            media_type=spec.media_type,
+            scene=spec.scene,
+            frame=spec.frame,
+            summary=spec.summary,
+            viewer=spec.viewer,
+            bytes_per_splat=spec.bytes_per_splat,
         )
-        for name in splat.FORMATS
+        for spec in FORMATS.values()
     ]
     settings = state.settings
     return ServiceInfo(

@@ -289,7 +289,7 @@ class QueueRunner(JobRunner):
                 until = time.monotonic() + self.debug_delay
                 while time.monotonic() < until:
                     time.sleep(0.05)
-            outputs, timings, cached = self._execute(job)
+            outputs, timings, cached, stats = self._execute(job)
             commit = getattr(self.state.storage, "commit_outputs", None)
             if commit is not None and not cached:  # cached ones: done by link_cached_outputs
                 self._check_still_running(job.id)
@@ -323,6 +323,7 @@ class QueueRunner(JobRunner):
                 outputs=outputs,
                 timings=timings,
                 cached=cached,
+                stats=stats,
                 error=None,
             )
         finally:

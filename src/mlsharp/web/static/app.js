@@ -7,12 +7,19 @@ import * as api from "./api.js";
 import { cameraFromFocalMm, plyCamera, pngSize } from "./plycamera.js";
 import { has, initialLanguage, language, setLanguage, t } from "./i18n.js";
 
-/** Formats the viewer reads, best first: compact ones download faster. */
-const VIEWABLE = ["spz", "splat", "ply-standard", "ply"];
-/** Compact viewer formats the page adds to a job's formats when the server offers them. */
-const COMPACT = ["spz", "splat"];
+/**
+ * Formats the viewer reads, smallest first, for servers without /v1/info (newer ones say
+ * which formats the viewer reads and their typical bytes per splat: see viewerFormats).
+ */
+const FALLBACK_VIEWABLE = ["sog", "spz", "splat", "ply-standard", "ply"];
 /** Coordinate frame of each scene format as the server writes it, when /v1/info is missing. */
-const DEFAULT_FRAMES = { spz: "opengl", splat: "opencv", "ply-standard": "opencv", ply: "opencv" };
+const DEFAULT_FRAMES = {
+  sog: "opencv",
+  spz: "opengl",
+  splat: "opencv",
+  "ply-standard": "opencv",
+  ply: "opencv",
+};
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 const QUALITY_STORAGE = "mlsharp.quality";
 /** The download status line moves in steps of this many percent (it is announced). */
@@ -33,6 +40,7 @@ const ui = {
   preview: $("#preview"),
   fileName: $("#file-name"),
   focal: $("#focal"),
+  detail: $("#detail"),
   formats: $("#formats"),
   formatList: $("#format-list"),
   submit: $("#submit"),
@@ -49,6 +57,7 @@ const ui = {
   fullscreen: $("#fullscreen"),
   quality: $("#quality"),
   downloads: $("#downloads"),
+  downloadCount: $("#download-count"),
   downloadList: $("#download-list"),
   historyList: $("#history-list"),
   historyEmpty: $("#history-empty"),
@@ -175,6 +184,7 @@ function applyLanguage(lang) {
   if (state.error) renderError(state.error);
   labelViewer();
   labelFullscreen();
+  labelDetail();
   if (state.job) renderProgress(state.job);
   if (state.file) describeFile(state.file);
   renderDownloads(state.job);
@@ -231,7 +241,20 @@ async function loadInfo() {
   renderFormats();
 }
 
-/** Checkboxes for the output formats: the server's defaults plus a compact viewer format. */
+/**
+ * The formats the viewer reads, smallest first: from /v1/info (its `viewer` flag and
+ * typical `bytes_per_splat`), else the list the page knows.
+ */
+function viewerFormats() {
+  const described = state.info?.formats.filter((f) => f.viewer && f.bytes_per_splat);
+  if (!described?.length) return FALLBACK_VIEWABLE;
+  return described.sort((a, b) => a.bytes_per_splat - b.bytes_per_splat).map((f) => f.name);
+}
+
+/**
+ * Checkboxes for the output formats: the server's defaults plus the smallest format the
+ * viewer reads (so the scene downloads as fast as it can).
+ */
 function renderFormats() {
   const info = state.info;
   const names = info ? info.formats.map((f) => f.name) : [];
@@ -241,10 +264,8 @@ function renderFormats() {
     return;
   }
   const wanted = new Set(info.default_formats);
-  if (!info.default_formats.some((name) => COMPACT.includes(name))) {
-    const compact = COMPACT.find((name) => names.includes(name));
-    if (compact) wanted.add(compact);
-  }
+  const smallest = viewerFormats().find((name) => names.includes(name));
+  if (smallest) wanted.add(smallest);
   const previous = new Set(
     [...ui.formatList.querySelectorAll("input:checked")].map((input) => input.value),
   );
@@ -261,6 +282,16 @@ function renderFormats() {
   });
   ui.formatList.replaceChildren(...boxes);
   ui.formats.hidden = false;
+}
+
+/** The detail presets say how many splats in the page's language ("300,000 splats"). */
+function labelDetail() {
+  for (const option of ui.detail.options) {
+    if (option.value) {
+      const count = Number(option.value).toLocaleString(language());
+      option.textContent = t("detailSplats", { count });
+    }
+  }
 }
 
 function chosenFormats() {
@@ -348,6 +379,7 @@ async function submit(event) {
   if (focal) body.append("focal_mm", focal);
   const formats = chosenFormats();
   if (formats) body.append("formats", formats);
+  if (ui.detail.value) body.append("max_splats", ui.detail.value);
   ui.submit.disabled = true;
   setStatus("uploading", { name: file.name || "image" });
   try {
@@ -449,6 +481,10 @@ function renderDownloads(job) {
   // The thumbnail (`preview`) belongs to the history list, not to the downloads.
   const entries = Object.entries(results || {}).filter(([format]) => format !== "preview");
   ui.downloads.hidden = entries.length === 0;
+  const splats = job?.status === "succeeded" ? job.splats : null;
+  ui.downloadCount.textContent = splats
+    ? t("downloadsCount", { count: splats.toLocaleString(language()) })
+    : "";
   ui.downloadList.replaceChildren(
     ...entries.map(([format, url]) => {
       const link = document.createElement("a");
@@ -456,7 +492,9 @@ function renderDownloads(job) {
       link.href = url;
       link.download = "";
       link.dataset.format = format;
+      const size = job.sizes?.[format];
       link.textContent = t("downloadAs", { format: format.toUpperCase() });
+      if (size) link.textContent += ` (${formatBytes(size)})`;
       link.addEventListener("click", (event) => {
         if (!api.hasKey()) return; // a plain link works on an open server
         event.preventDefault(); // links cannot send the key: fetch, then save the blob
@@ -533,9 +571,20 @@ async function jobCamera(job) {
   return {};
 }
 
+/**
+ * The result the viewer loads: of the formats it reads, the job's smallest file (its
+ * `sizes`), else the smallest kind of file.
+ */
+function viewerChoice(job) {
+  const results = job.links.results || {};
+  const readable = viewerFormats().filter((name) => name in results);
+  const size = (name) => job.sizes?.[name] ?? Number.POSITIVE_INFINITY;
+  return readable.reduce((best, name) => (size(name) < size(best) ? name : best), readable[0]);
+}
+
 async function showResult(job) {
   const results = job.links.results || {};
-  const format = VIEWABLE.find((name) => name in results);
+  const format = viewerChoice(job);
   if (!format) {
     showError(new PageError("no_viewable", { formats: Object.keys(results).join(", ") }));
     return;

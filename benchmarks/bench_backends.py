@@ -1,6 +1,22 @@
-"""The backends side by side: forward, end to end, first use, cached start, memory, error.
+r"""The backends side by side: forward, end to end, first use, cached start, memory, error.
 
-    python benchmarks/bench_backends.py --resolutions 512,1536 --runs 2
+The issue's full table (preset ``sharp`` with the synthetic parity weights, every row at
+512² and 1536², on a quiet machine: roughly 1-2 hours on 2 cores), compared with the
+reference's earlier measurement in docs/benchmarks.md (Apple's ``sharp predict``, whole
+process at 1536², 170.4 s and 10.11 GB peak RSS, 2026-11-21, same photo and weights):
+
+    python benchmarks/bench_backends.py --resolutions 512,1536 --runs 1 \
+        --reference-seconds 170.4 --reference-rss-gb 10.11 \
+        --reference-note "sharp predict, 2026-11-21 (docs/benchmarks.md)"
+
+or with the reference run now, in turn with the rows, from a throwaway virtual environment
+that has Apple's ``sharp`` installed (``{img}``, ``{out}``, ``{ckpt}`` are filled in):
+
+    python benchmarks/bench_backends.py --resolutions 512,1536 --runs 1 \
+        --reference-command 'sharp predict -i {img} -o {out} -c {ckpt} --device cpu'
+
+A quick check of the script itself (seconds):
+
     python benchmarks/bench_backends.py --preset tiny --checkpoint tiny.pt --resolutions 512
 
 Rows (``--modes``): torch fp32, torch bf16, openvino fp32, openvino bf16, openvino with int8
@@ -18,6 +34,13 @@ weights, onnxruntime fp32. For each resolution and row, two child processes run:
 The error per property (:mod:`mlsharp.runtime.accuracy`, p99 and mean) is against the
 torch fp32 row on the same photo. Default weights: the synthetic checkpoint of the parity
 fixtures (full ``sharp`` scale). Prints a Markdown table for docs/benchmarks.md.
+
+With a reference (``--reference-seconds`` or ``--reference-command``; the reference runs at
+its native 1536², so only the rows at ``--reference-resolution`` get ratios), two speed
+ratios are printed per row: reference time / our end to end (JPEG -> ``.ply``, in a warm
+process: the issue's "5x the reference end to end") and reference time / our cached
+start -> first prediction (a whole process, as the reference's figure is), and our peak
+RSS / the reference's with ``--reference-rss-gb``.
 """
 
 from __future__ import annotations
@@ -61,7 +84,7 @@ def child(args: argparse.Namespace) -> None:
     engine = Engine.load(
         args.checkpoint,
         preset=args.preset,
-        device="cpu",
+        device=args.device if options.backend == "torch" else "cpu",
         download=False,
         progress=False,
         options=options,
@@ -113,6 +136,8 @@ def run_child(
         str(args.runs),
         "--workdir",
         str(args.workdir),
+        "--device",
+        args.device,
         *(["--first-use"] if first else []),
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLSHARP_")}
@@ -180,8 +205,31 @@ def parent(args: argparse.Namespace) -> None:
                 row["errors"] = errors_against(reference, args.workdir / f"{mode}.npz")
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    print_table(rows)
+    if args.reference_command:
+        print("reference", file=sys.stderr, flush=True)
+        args.reference_seconds, args.reference_rss_gb = run_reference(args)
+        args.reference_note = args.reference_note or f"measured now: {args.reference_command}"
+    print_table(rows, args)
     shutil.rmtree(args.workdir, ignore_errors=True)
+
+
+def run_reference(args: argparse.Namespace) -> tuple[float, float]:
+    """Run ``--reference-command`` once; its wall seconds and peak RSS in GB (1e9 bytes)."""
+    import shlex
+
+    out = args.workdir / "reference-out"
+    out.mkdir()
+    command = [
+        part.format(img=args.image, out=out, ckpt=args.checkpoint)
+        for part in shlex.split(args.reference_command)
+    ]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"the reference command failed (exit {status}): {command}")
+    return wall, usage.ru_maxrss * 1024 / 1e9
 
 
 def cached_needs_warm(mode: str) -> bool:
@@ -193,16 +241,28 @@ def fmt(value: float | None, unit: str = "s") -> str:
     return "–" if value is None else f"{value:.1f} {unit}"
 
 
-def print_table(rows: list[dict]) -> None:
+def ratio(numerator: float | None, denominator: float | None, suffix: str = "×") -> str:
+    if not numerator or not denominator:
+        return "–"
+    return f"{numerator / denominator:.2f}{suffix}"
+
+
+def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     print(
-        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}"
+        f"\n{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
     )
-    print(
+    reference = args.reference_seconds
+    header = (
         "| size | mode | forward | end to end | first use | cached start → first "
         "prediction | peak RSS | positions p99 | scales p99 | colors p99 | opacities p99 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    columns = 11
+    if reference:
+        header += " ref ÷ end to end | ref ÷ start → first prediction | RSS ÷ ref |"
+        columns += 3
+    print(header)
+    print("|---" * columns + "|")
     for row in rows:
         if "error" in row:
             print(f"| {row['resolution']}² | {row['mode']} | failed: {row['error']} |")
@@ -212,22 +272,67 @@ def print_table(rows: list[dict]) -> None:
         def p99(name: str, errors: dict = errors) -> str:
             return f"{errors[name]['p99']:.2g}" if name in errors else "ref"
 
-        print(
+        line = (
             f"| {row['resolution']}² | {row['mode']} | {fmt(row.get('forward_s'))} | "
             f"{fmt(row.get('end_to_end_s'))} | {fmt(row.get('first_use_s'))} | "
             f"{fmt(row.get('first_prediction_s'))} | {row['peak_rss'] / 2**30:.1f} GiB | "
             f"{p99('positions')} | {p99('scales')} | {p99('colors')} | {p99('opacities')} |"
         )
+        if reference:
+            same = row["resolution"] == args.reference_resolution
+            rss_gb = row["peak_rss"] / 1e9
+            line += (
+                f" {ratio(reference, row.get('end_to_end_s')) if same else '–'} |"
+                f" {ratio(reference, row.get('first_prediction_s')) if same else '–'} |"
+                f" {ratio(rss_gb, args.reference_rss_gb, '') if same else '–'} |"
+            )
+        print(line)
+    if reference:
+        rss = f", peak RSS {args.reference_rss_gb:.2f} GB" if args.reference_rss_gb else ""
+        note = f" ({args.reference_note})" if args.reference_note else ""
+        print(
+            f"\nReference at {args.reference_resolution}²: {reference:.1f} s for a whole "
+            f"process{rss}{note}. Ratios above 1× are faster than the reference; RSS ÷ ref "
+            "below 1 uses less memory."
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="sharp")
     parser.add_argument("--checkpoint", type=Path, help="default: the parity synthetic weights")
-    parser.add_argument("--resolutions", default="512,1536")
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--resolutions", default="512,1536", help="comma-separated sides")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="comma-separated rows (default: all: %(default)s)"
+    )
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="a JPEG photo")
     parser.add_argument("--runs", type=int, default=1, help="timed predictions per row")
+    parser.add_argument(
+        "--device", default="cpu", help="torch device of the torch rows (default: cpu)"
+    )
+    parser.add_argument(
+        "--reference-seconds",
+        type=float,
+        help="the reference's end-to-end seconds measured earlier (e.g. 170.4: docs/"
+        "benchmarks.md, sharp predict at 1536², 2026-11-21); adds the speed ratios",
+    )
+    parser.add_argument(
+        "--reference-rss-gb", type=float, help="the reference's peak RSS in GB (e.g. 10.11)"
+    )
+    parser.add_argument(
+        "--reference-command",
+        help="run the reference now instead, once after the rows ({img} {out} {ckpt} are "
+        "filled in), e.g. 'sharp predict -i {img} -o {out} -c {ckpt} --device cpu'",
+    )
+    parser.add_argument(
+        "--reference-resolution",
+        type=int,
+        default=1536,
+        help="the side the reference ran at; rows at this side get the ratios (default 1536)",
+    )
+    parser.add_argument("--reference-note", help="where the reference figure comes from")
     parser.add_argument("--child", dest="mode", help=argparse.SUPPRESS)
     parser.add_argument("--resolution", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)

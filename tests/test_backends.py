@@ -56,6 +56,16 @@ def cached(backend_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return backend_cache
 
 
+@pytest.fixture()
+def traced(cached: Path, tiny_checkpoint: Path) -> Path:
+    """The session cache with the fp32 ONNX export of the tiny preset in it (traced once
+    per session; every other model here is converted from it)."""
+    from mlsharp.backends.cache import ExportSpec, cached_export
+
+    cached_export(tiny_checkpoint, ExportSpec("onnx", "tiny", 512, "fp32"))
+    return cached
+
+
 @pytest.fixture(scope="module")
 def photos():
     return [
@@ -209,7 +219,7 @@ def test_a_missing_extra_is_one_line_naming_pip(run_cli, tiny_checkpoint, tmp_pa
     ],
 )
 def test_export_writes_the_model_a_manifest_and_the_error_per_output(
-    runtime, run_cli, tiny_checkpoint, tmp_path
+    runtime, run_cli, traced, tiny_checkpoint, tmp_path
 ):
     out = tmp_path / "export"
     result = run_cli(
@@ -223,8 +233,12 @@ def test_export_writes_the_model_a_manifest_and_the_error_per_output(
         "--checkpoint",
         str(tiny_checkpoint),
         "--offline",
+        env={"MLSHARP_CACHE": str(traced)},
     )
     assert result.returncode == 0, result.stderr
+    # The network traced for the cache is reused, not traced again.
+    assert "exporting the tiny network" not in result.stderr
+    assert str(traced / "compiled") in result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["preset"] == "tiny" and manifest["resolution"] == 512
     assert manifest["runtime_format"] == runtime and manifest["opset"] >= 18

@@ -73,6 +73,16 @@ def _complete(folder: Path, spec: ExportSpec) -> bool:
     return manifest.spec == spec and all((folder / name).is_file() for name in manifest.files)
 
 
+def cached_float_onnx(checkpoint: Path, preset: str, resolution: int) -> Path | None:
+    """The cached fp32 ONNX file of ``checkpoint`` at ``resolution``, if an earlier
+    first use (or export) left one; nothing is built."""
+    from mlsharp.weights import memoized_sha256
+
+    spec = ExportSpec("onnx", preset, resolution, "fp32")
+    folder = compiled_root() / cache_key(spec, memoized_sha256(checkpoint))
+    return folder / spec.model_file if _complete(folder, spec) else None
+
+
 def cached_export(
     checkpoint: Path,
     spec: ExportSpec,

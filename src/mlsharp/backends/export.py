@@ -313,9 +313,10 @@ def build_export(
 
     ``precision`` is recorded in the manifest as the precision the model is meant to run
     in (the files only change with ``spec.weights``). ``float_onnx``: an fp32 ONNX export
-    of the same checkpoint, preset and resolution to convert from instead of exporting
-    again (the cache keeps one). Raises :class:`ConfigError` when a needed package is
-    missing, :class:`~mlsharp.errors.CheckpointError` for a bad checkpoint.
+    of the same checkpoint, preset and resolution (with its manifest beside it) to convert
+    from, or to copy when ``spec`` is that export, instead of tracing the network again
+    (the cache keeps one). Raises :class:`ConfigError` when a needed package is missing,
+    :class:`~mlsharp.errors.CheckpointError` for a bad checkpoint.
     """
     from mlsharp._version import __version__
     from mlsharp.weights import memoized_sha256
@@ -327,7 +328,12 @@ def build_export(
     dest.mkdir(parents=True, exist_ok=True)
     onnx_path = dest / "model.onnx"
     intermediate = spec.format == "openvino" or spec.weights == "int8"
-    if intermediate and float_onnx is not None:
+    if float_onnx is not None and not intermediate:  # that very export: its files
+        say("copying the fp32 ONNX export")
+        for name in Manifest.read(float_onnx.parent).files:
+            if name != MANIFEST_NAME:
+                shutil.copyfile(float_onnx.parent / name, dest / name)
+    elif float_onnx is not None:
         onnx_path, intermediate = float_onnx, False
     else:
         if intermediate:

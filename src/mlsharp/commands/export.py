@@ -48,6 +48,7 @@ def _prepare(outdir: Path, overwrite: bool) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Export, move the files into ``-o``, verify (unless ``--no-verify``)."""
+    from mlsharp.backends.cache import cached_float_onnx
     from mlsharp.backends.export import build_export
     from mlsharp.config import Settings
     from mlsharp.engine import check_resolution
@@ -71,10 +72,17 @@ def run_export(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"mlsharp: {message}", file=sys.stderr, flush=True)
 
+    # The network traced once already (a --backend first use or an earlier export keeps
+    # the fp32 ONNX in the cache): converted from there instead of traced again.
+    float_onnx = cached_float_onnx(checkpoint, spec.preset, spec.resolution)
+    if float_onnx is not None:
+        say(f"using the network traced earlier: {float_onnx}")
     temp = outdir / ".export-in-progress"
     shutil.rmtree(temp, ignore_errors=True)
     try:
-        manifest = build_export(checkpoint, spec, temp, precision=args.precision, progress=say)
+        manifest = build_export(
+            checkpoint, spec, temp, precision=args.precision, progress=say, float_onnx=float_onnx
+        )
         for name in manifest.files:
             (temp / name).replace(outdir / name)
     finally:

@@ -7,7 +7,8 @@ maps ``http_status`` to a JSON error. Anything that is *not* an ``MlsharpError``
 
     MlsharpError
     ├── InvalidImage          the input cannot be decoded as an image
-    │   └── ImageTooLarge     the image exceeds a configured limit (pixels / bytes)
+    │   ├── ImageTooLarge     the image exceeds a configured limit (pixels / bytes)
+    │   └── NotAPanorama      a photo given as a 360° panorama does not have its shape
     ├── CheckpointError       the weights file is missing, truncated, foreign or mismatched
     │   ├── CheckpointNotFound  no weights available locally (and none could be downloaded)
     │   └── DownloadError     the download failed (network, size or checksum mismatch)
@@ -52,6 +53,12 @@ class ImageTooLarge(InvalidImage):
 
     http_status = 413
     code = "image_too_large"
+
+
+class NotAPanorama(InvalidImage):
+    """A photo given (or tagged) as a 360° panorama does not have a panorama's shape."""
+
+    code = "not_a_panorama"
 
 
 class CheckpointError(MlsharpError):

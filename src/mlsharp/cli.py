@@ -207,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--frame", choices=FRAME_CHOICES, help=_frame_help())
     _add_scene_options(predict)
+    predict.add_argument(
+        "--panorama",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="treat the inputs as 360° panoramas (2:1 equirectangular, or a 4:3 cube-map "
+        "cross): one scene around the camera (default: when the file's GPano XMP says "
+        "equirectangular; docs/panorama.md)",
+    )
     _add_runtime_options(predict)
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.add_argument("--offline", action="store_true", help="never download the checkpoint")
@@ -321,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Mirrors mlsharp.render.TRAJECTORIES / BACKENDS (kept here so ``--help`` imports nothing).
-RENDER_TRAJECTORIES = ("orbit", "swing", "dolly", "spiral")
+RENDER_TRAJECTORIES = ("orbit", "swing", "dolly", "spiral", "turn", "walk")
 RENDER_BACKENDS = ("auto", "torch", "gsplat")
 
 
@@ -337,7 +345,11 @@ def _add_render_command(commands: argparse._SubParsersAction) -> None:
     render.add_argument("scene", metavar="SCENE", help="scene file (.ply, ...)")
     render.add_argument("-o", "--output", required=True, metavar="OUT", help=".mp4 or .png")
     render.add_argument(
-        "--trajectory", choices=RENDER_TRAJECTORIES, default="orbit", help="camera path"
+        "--trajectory",
+        choices=RENDER_TRAJECTORIES,
+        help="camera path: orbit, swing, dolly, spiral around a photo's viewpoint; turn (in "
+        "place) and walk (forward and back) inside a panorama (default: turn for a panorama "
+        "scene, else orbit)",
     )
     render.add_argument(
         "--frames", type=int, metavar="N", help="frames (default: 60 for .mp4, 1 for .png)"

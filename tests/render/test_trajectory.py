@@ -11,6 +11,7 @@ from mlsharp.errors import ConfigError
 from mlsharp.gaussians import Gaussians
 from mlsharp.render.camera import camera_at, look_at, output_size, photo_intrinsics
 from mlsharp.render.trajectory import (
+    PHOTO_TRAJECTORIES,
     TRAJECTORIES,
     eye_offsets,
     make_trajectory,
@@ -34,7 +35,7 @@ def depth_scene(z_values, *, focal=800.0, size=(1024, 768)) -> Gaussians:
     )
 
 
-@pytest.mark.parametrize("kind", TRAJECTORIES)
+@pytest.mark.parametrize("kind", PHOTO_TRAJECTORIES)
 def test_every_path_is_a_closed_loop(kind):
     amplitude = np.array([0.3, 0.2, 0.5])
     start, end = eye_offsets(kind, np.array([0.0, 1.0]), amplitude)
@@ -57,7 +58,7 @@ def test_orbit_returns_to_its_first_camera_after_the_last_frame():
     assert steps[0] > 0
 
 
-@pytest.mark.parametrize("kind", TRAJECTORIES)
+@pytest.mark.parametrize("kind", PHOTO_TRAJECTORIES)
 def test_every_camera_looks_at_the_focus_point_and_stays_upright(kind):
     g = depth_scene(np.linspace(1.0, 10.0, 1000))
     focus = scene_depths(g).focus

@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from mlsharp.commands.output import SceneOutput, describe_outputs
 from mlsharp.config import Settings
-from mlsharp.errors import MlsharpError, OutOfMemory, OutputError, OutputExists
+from mlsharp.errors import MlsharpError, NotAPanorama, OutOfMemory, OutputError, OutputExists
 from mlsharp.imaging import check_focal_mm, is_supported_path
 
 if TYPE_CHECKING:
     from mlsharp.engine import Engine
+    from mlsharp.panorama import PanoramaKind
 
 
 @dataclass
@@ -131,6 +132,9 @@ def run_predict(args: argparse.Namespace) -> int:
     if outdir.exists() and not outdir.is_dir():
         raise OutputExists(f"output {outdir} exists and is not a folder")
     plan = plan_jobs(args.inputs, outdir, overwrite=args.overwrite, formats=formats)
+    panorama = getattr(args, "panorama", None)
+    if panorama:
+        _reject_non_panoramas(plan, args.focal_mm)
     for source, reason in plan.failures:
         _report(f"skipped {source}: {reason}")
     if not plan.jobs:
@@ -145,14 +149,21 @@ def run_predict(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         options=settings.runtime_options(),
     )
-    if _batching(settings.batch_size, engine, len(plan.jobs)):  # docs/runtime.md
+    # A panorama's views are batched by predict_panorama; photos of other jobs are not.
+    if not panorama and _batching(settings.batch_size, engine, len(plan.jobs)):  # runtime.md
         engine = BatchedPredictions(engine, plan.jobs, focal_mm=args.focal_mm)  # type: ignore[assignment]
     failed = len(plan.failures)
     bar = tqdm(plan.jobs, desc="predict", unit="image", file=sys.stderr, disable=args.quiet)
     for job in bar:
         try:
             _predict_one(
-                engine, job, focal_mm=args.focal_mm, overwrite=args.overwrite, output=output
+                engine,
+                job,
+                focal_mm=args.focal_mm,
+                overwrite=args.overwrite,
+                output=output,
+                panorama=panorama,
+                bar=bar,
             )
         except MlsharpError as error:
             failed += 1
@@ -165,6 +176,31 @@ def run_predict(args: argparse.Namespace) -> int:
     if failed:
         _report(f"{done} of {done + failed} images done, {failed} failed")
     return 1 if failed else 0
+
+
+def _reject_non_panoramas(plan: Plan, focal_mm: float | None) -> None:
+    """With ``--panorama``: move inputs that are not panoramas from the jobs to the
+    failures, before the model loads. When that leaves nothing (one photo given), raise
+    its error: one line, no output folder.
+
+    Raises:
+        NotAPanorama: the only input is not a panorama.
+    """
+    from mlsharp.imaging import load_image
+    from mlsharp.panorama import panorama_kind
+
+    rejected = []
+    for job in list(plan.jobs):
+        try:
+            panorama_kind(load_image(job.source, focal_mm=focal_mm), True)
+        except NotAPanorama as error:
+            rejected.append(error)
+            plan.jobs.remove(job)
+            plan.failures.append((str(job.source), str(error)))
+        except MlsharpError:
+            continue  # unreadable: its turn in the loop reports it
+    if rejected and not plan.jobs and len(plan.failures) == 1:
+        raise rejected[0]
 
 
 def _batching(batch_size: int | None, engine: Any, photos: int) -> bool:
@@ -198,6 +234,7 @@ class BatchedPredictions:
     def predict(self, image: Any) -> Any:
         """The Gaussians of ``image`` (the photo of the next job with its name)."""
         from mlsharp.imaging import load_image
+        from mlsharp.panorama import panorama_kind
 
         index = next(
             (i for i in range(self._cursor, len(self.jobs)) if _label(self.jobs[i]) == image.name),
@@ -211,9 +248,12 @@ class BatchedPredictions:
             size = self.engine.suggested_batch_size()
             for other in range(index + 1, min(index + size, len(self.jobs))):
                 try:
-                    images.append(load_image(self.jobs[other].source, focal_mm=self.focal_mm))
+                    other_image = load_image(self.jobs[other].source, focal_mm=self.focal_mm)
+                    if panorama_kind(other_image, None) is not None:
+                        continue  # a tagged panorama: its turn predicts it view by view
                 except MlsharpError:
                     continue  # its own turn in the loop reports the error
+                images.append(other_image)
                 batch.append(other)
             self._results.update(zip(batch, self._predict(images), strict=True))
         result = self._results.pop(index)
@@ -245,17 +285,33 @@ def _label(job: Job) -> str:
 
 
 def _predict_one(
-    engine: Engine, job: Job, *, focal_mm: float | None, overwrite: bool, output: SceneOutput
+    engine: Engine,
+    job: Job,
+    *,
+    focal_mm: float | None,
+    overwrite: bool,
+    output: SceneOutput,
+    panorama: bool | None = None,
+    bar: Any = None,
 ) -> None:
     """Decode, predict, thin out (``--max-splats``) and write one photo in every format,
-    then print its line: the files with their sizes, the splat count and the timings."""
+    then print its line: the files with their sizes, the splat count and the timings.
+
+    ``panorama``: ``True`` treats the photo as a 360° panorama, ``False`` never, ``None``
+    when its XMP says it is one; ``bar`` (a tqdm bar) shows the panorama's view in progress.
+    """
     from mlsharp import splat
     from mlsharp.imaging import load_image
+    from mlsharp.panorama import panorama_kind
 
     start = time.perf_counter()
     image = load_image(job.source, focal_mm=focal_mm)
     decode = time.perf_counter() - start
-    gaussians = engine.predict(image)
+    kind = panorama_kind(image, panorama)
+    if kind is None:
+        gaussians = engine.predict(image)
+    else:
+        gaussians = _predict_panorama(engine, image, kind, bar)
     predicted = len(gaussians)
     start = time.perf_counter()
     gaussians = splat.reduce_density(gaussians, output.density)
@@ -271,9 +327,54 @@ def _predict_one(
     kept = f"{predicted:,}"
     if len(gaussians) < predicted:
         kept = f"{len(gaussians):,} of {kept}"
+    if kind is not None:
+        _report_panorama(job, written, kept, gaussians, image, decode, write)
+        return
     _report(
         f"{job.source} -> {written} ({kept} Gaussians, "
         f"{image.width}x{image.height}, f={image.focal_px:.1f}px [{image.focal_source}]; "
         f"decode {decode:.2f}s, inference {times.preprocess + times.inference:.2f}s, "
         f"post-process {times.postprocess:.2f}s, write {write:.2f}s)"
+    )
+
+
+def _predict_panorama(engine: Any, image: Any, kind: PanoramaKind, bar: Any) -> Any:
+    """Predict a panorama view by view; the bar's postfix names the view in progress."""
+    from mlsharp.panorama import predict_panorama
+
+    base = engine.engine if isinstance(engine, BatchedPredictions) else engine
+
+    def progress(stage: str, fraction: float) -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"{image.name}: {stage}", refresh=True)
+
+    try:
+        return predict_panorama(
+            base, image, kind=kind, max_side=base.internal_resolution, progress=progress
+        )
+    finally:
+        if bar is not None:
+            bar.set_postfix_str("", refresh=False)
+
+
+def _report_panorama(
+    job: Job, written: str, kept: str, gaussians: Any, image: Any, decode: float, write: float
+) -> None:
+    """The timing line of a panorama: views, seams and where the time went."""
+    info = gaussians.metadata["panorama"]
+    times = gaussians.metadata["timings"]
+    seams = info["seams"]
+    seam = (
+        f"seam mismatch {100 * seams['median']:.1f}% median, {100 * seams['p95']:.1f}% p95"
+        if seams and seams["samples"]
+        else "no seam check"
+    )
+    views = info["views"]
+    _report(
+        f"{job.source} -> {written} ({kept} Gaussians, {image.width}x{image.height} "
+        f"{info['projection']} panorama, {len(views)} views of {views[0]['side']} px; {seam}; "
+        f"decode {decode:.2f}s, cut {times.extra['cut']:.2f}s, "
+        f"inference {times.preprocess + times.inference:.2f}s, "
+        f"post-process {times.postprocess:.2f}s, merge {times.extra['merge']:.2f}s, "
+        f"write {write:.2f}s)"
     )

@@ -15,6 +15,7 @@ Every update bumps the record's ``version`` so event streams can tell what chang
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import sqlite3
 import threading
@@ -43,6 +44,8 @@ class JobStatus(str, Enum):
 
 
 #: Stages a job reports, in order, with the progress fraction reached when each starts.
+#: A panorama's job goes decode, ``views`` (cutting), ``view K/N`` for each batch of views
+#: (see :func:`stage_progress`), ``merge``, write, done.
 STAGES: dict[str, float] = {
     "queued": 0.0,
     "decode": 0.05,
@@ -51,7 +54,26 @@ STAGES: dict[str, float] = {
     "postprocess": 0.85,
     "write": 0.92,
     "done": 1.0,
+    "views": 0.08,
+    "merge": 0.88,
 }
+
+
+_VIEW_STAGE = re.compile(r"^view (\d{1,4})/(\d{1,4})$")
+
+
+def stage_progress(stage: str) -> float:
+    """The progress a job has reached when ``stage`` starts; a panorama's ``view K/N``
+    (K-1 of N views done) lies between 0.1 and 0.85.
+
+    Raises:
+        KeyError: an unknown stage.
+    """
+    match = _VIEW_STAGE.match(stage)
+    if match is None:
+        return STAGES[stage]
+    done, total = int(match.group(1)) - 1, max(1, int(match.group(2)))
+    return 0.1 + 0.75 * min(max(done / total, 0.0), 1.0)
 
 
 def new_id(prefix: str) -> str:
@@ -95,6 +117,8 @@ class JobRecord:
     attempts: int = 0
     cancel_requested: bool = False
     version: int = 0
+    #: a 360° panorama: cut into views, predicted and merged into one scene
+    panorama: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -143,8 +167,12 @@ class JobStore(Protocol):
 _JSON_FIELDS = {"formats", "outputs", "timings", "error", "density", "stats"}
 # Columns added after the first release, with their SQL definition: an older database
 # gets them on open (ALTER TABLE ... ADD COLUMN), so its jobs stay readable.
-_ADDED_COLUMNS = {"density": "TEXT NOT NULL DEFAULT '{}'", "stats": "TEXT NOT NULL DEFAULT '{}'"}
-_BOOL_FIELDS = {"cached", "cancel_requested"}
+_ADDED_COLUMNS = {
+    "density": "TEXT NOT NULL DEFAULT '{}'",
+    "stats": "TEXT NOT NULL DEFAULT '{}'",
+    "panorama": "INTEGER NOT NULL DEFAULT 0",
+}
+_BOOL_FIELDS = {"cached", "cancel_requested", "panorama"}
 _COLUMNS = [f.name for f in fields(JobRecord)]
 
 _SCHEMA = """
@@ -175,7 +203,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     cached INTEGER NOT NULL,
     attempts INTEGER NOT NULL,
     cancel_requested INTEGER NOT NULL,
-    version INTEGER NOT NULL
+    version INTEGER NOT NULL,
+    panorama INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);

@@ -21,6 +21,7 @@ from typing import Any
 
 from mlsharp.errors import BadRequest, QueueFull
 from mlsharp.imaging import load_image
+from mlsharp.panorama import cache_model_id, panorama_kind
 from mlsharp.service.cache import cache_key
 from mlsharp.service.jobs import JobRecord, JobStatus, new_id
 from mlsharp.service.preview import cache_formats
@@ -53,6 +54,8 @@ class Submission:
     owner: str | None = None
     idempotency_key: str | None = None
     batch_id: str | None = None
+    #: a 360° panorama: True (asked for), False (never), None (when its XMP says so)
+    panorama: bool | None = None
 
 
 def parse_formats(raw: str | None, default: list[str]) -> tuple[str, ...]:
@@ -90,6 +93,8 @@ def request_hash(sub: Submission) -> str:
     fields: list[Any] = [sub.focal_mm, list(sub.formats)]
     if sub.density:  # absent when not asked for: hashes of earlier requests stay valid
         fields.append(sub.density)
+    if sub.panorama is not None:  # likewise
+        fields.append({"panorama": sub.panorama})
     digest.update(json.dumps(fields).encode())
     return digest.hexdigest()
 
@@ -126,6 +131,7 @@ def submit(state: ServiceState, sub: Submission) -> tuple[JobRecord, bool]:
         max_bytes=settings.max_upload_bytes,
         name=sub.filename,
     )
+    panorama = panorama_kind(image, sub.panorama) is not None  # NotAPanorama: a 422
     job = JobRecord(
         id=new_id("job"),
         input_name=sub.filename,
@@ -138,9 +144,10 @@ def submit(state: ServiceState, sub: Submission) -> tuple[JobRecord, bool]:
         idempotency_key=sub.idempotency_key,
         request_hash=fingerprint,
         batch_id=sub.batch_id,
+        panorama=panorama,
     )
     if state.cache.enabled:
-        found = _cache_lookup(state, image, sub.formats, sub.density)
+        found = _cache_lookup(state, image, sub.formats, sub.density, panorama)
         if found is not None:
             key, hit = found
             job = replace(job, cache_key=key)
@@ -163,7 +170,11 @@ def submit(state: ServiceState, sub: Submission) -> tuple[JobRecord, bool]:
 
 
 def _cache_lookup(
-    state: ServiceState, image: Any, formats: tuple[str, ...], density: dict[str, Any]
+    state: ServiceState,
+    image: Any,
+    formats: tuple[str, ...],
+    density: dict[str, Any],
+    panorama: bool = False,
 ) -> tuple[str | None, dict | None] | None:
     """``(key, hit files or None)``, or ``None`` when no model id is known to look with.
 
@@ -182,7 +193,12 @@ def _cache_lookup(
     key = None
     hit = None
     for model_id in candidates:
-        key = cache_key(image.pixels, focal_px=image.focal_px, model_id=model_id, options=density)
+        key = cache_key(
+            image.pixels,
+            focal_px=image.focal_px,
+            model_id=cache_model_id(model_id, panorama),
+            options=density,
+        )
         hit = state.cache.get(key, wanted)
         if hit:
             break

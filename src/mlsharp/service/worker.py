@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from mlsharp.errors import MlsharpError
+from mlsharp.panorama import cache_model_id
 from mlsharp.runtime.batcher import Batcher
 from mlsharp.service.cache import cache_key, link_or_copy
-from mlsharp.service.jobs import STAGES, JobRecord, JobStatus
+from mlsharp.service.jobs import JobRecord, JobStatus, stage_progress
 from mlsharp.service.preview import PREVIEW_FORMAT, PREVIEW_SUFFIX, cache_formats, write_preview
 from mlsharp.service.state import ServiceState
 from mlsharp.service.views import job_event_data
@@ -201,7 +202,7 @@ class JobRunner:
             key = cache_key(
                 image.pixels,
                 focal_px=image.focal_px,
-                model_id=state.model.model_id,
+                model_id=cache_model_id(state.model.model_id, job.panorama),
                 options=job.density,
             )
             hit = state.cache.get(key, cache_formats(state.settings, job.formats))
@@ -209,7 +210,12 @@ class JobRunner:
             if hit:
                 outputs = link_cached_outputs(state, job, hit)
                 return outputs, timings, True, result_stats(state, job, outputs)
-        gaussians = self._predictor().predict(image, on_stage=lambda s: self._advance(job.id, s))
+        if job.panorama:
+            gaussians = self._predict_panorama(job, image)
+        else:
+            gaussians = self._predictor().predict(
+                image, on_stage=lambda s: self._advance(job.id, s)
+            )
         stage_times = gaussians.metadata["timings"]
         timings.update(
             preprocess=stage_times.preprocess,
@@ -217,12 +223,31 @@ class JobRunner:
             postprocess=stage_times.postprocess,
             transfer=stage_times.transfer,
         )
+        if job.panorama:
+            timings.update(cut=stage_times.extra["cut"], merge=stage_times.extra["merge"])
         self._advance(job.id, "write")
         outputs, timings["write"], splats = self._write(job, gaussians)
         if key is not None:
             out_dir = state.storage.output_dir(job.id)
             state.cache.put(key, {fmt: out_dir / name for fmt, name in outputs.items()})
         return outputs, timings, False, result_stats(state, job, outputs, splats)
+
+    def _predict_panorama(self, job: JobRecord, image: Any) -> Any:
+        """The panorama's views through the batcher (they share forwards with other jobs'
+        photos), merged into one scene; the job's stage follows the views."""
+        from mlsharp.panorama import panorama_kind, predict_panorama
+
+        engine = self.state.model.engine
+        assert engine is not None  # _loop only runs jobs once the model is loaded
+        kind = panorama_kind(image, True)  # checked when it was submitted
+        assert kind is not None
+        return predict_panorama(
+            self._predictor(),
+            image,
+            kind=kind,
+            max_side=engine.internal_resolution,
+            progress=lambda stage, fraction: self._advance(job.id, stage),
+        )
 
     def _predictor(self) -> Batcher:
         """The engine behind a :class:`Batcher`: concurrent worker threads share forwards
@@ -260,7 +285,7 @@ class JobRunner:
     def _advance(self, job_id: str, stage: str) -> None:
         """Record that ``stage`` started; raises :class:`JobCanceled` if cancel was asked."""
         try:
-            job = self.state.store.update(job_id, stage=stage, progress=STAGES[stage])
+            job = self.state.store.update(job_id, stage=stage, progress=stage_progress(stage))
         except KeyError:  # deleted while running
             raise JobCanceled() from None
         self.state.notifier.notify()

@@ -62,6 +62,14 @@ MaxSplatsForm = Annotated[
 MinOpacityForm = Annotated[
     float | None, Form(ge=0, lt=1, description="drop splats less opaque than this")
 ]
+PanoramaForm = Annotated[
+    bool | None,
+    Form(
+        description="a 360° panorama (2:1 equirectangular, or a 4:3 cube-map cross): true "
+        "predicts one scene around the camera, false a photo; absent: when the file's GPano "
+        "XMP says equirectangular"
+    ),
+]
 
 
 async def submit_upload(
@@ -74,6 +82,7 @@ async def submit_upload(
     idempotency_key: str | None = None,
     max_splats: int | None = None,
     min_opacity: float | None = None,
+    panorama: bool | None = None,
 ) -> tuple[JobRecord, bool]:
     """Read one uploaded photo and submit it (see :func:`submit`); ``(job, replayed)``."""
     wanted = parse_formats(formats, state.settings.default_formats)
@@ -87,6 +96,7 @@ async def submit_upload(
         density=density,
         owner=owner,
         idempotency_key=check_idempotency_key(idempotency_key),
+        panorama=panorama,
     )
     return await run_in_threadpool(submit, state, sub)
 
@@ -110,6 +120,7 @@ async def create_job(
     formats: FormatsForm = None,
     max_splats: MaxSplatsForm = None,
     min_opacity: MinOpacityForm = None,
+    panorama: PanoramaForm = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobCreated:
     """Queue a photo for 3D prediction; answers at once with the job's id and status URL.
@@ -126,6 +137,7 @@ async def create_job(
         idempotency_key=idempotency_key,
         max_splats=max_splats,
         min_opacity=min_opacity,
+        panorama=panorama,
     )
     status_url = f"{base_url(state)}/v1/jobs/{job.id}"
     response.headers["Location"] = status_url

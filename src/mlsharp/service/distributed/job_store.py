@@ -40,7 +40,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from mlsharp.service.distributed.redis_conn import guarded
-from mlsharp.service.jobs import STAGES, BatchRecord, JobRecord, JobStatus
+from mlsharp.service.jobs import STAGES, BatchRecord, JobRecord, JobStatus, stage_progress
 
 log = logging.getLogger("mlsharp.distributed")
 
@@ -450,7 +450,7 @@ class RedisJobStore:
                 raise LeaseLost(job_id)
             if job.attempts != token:
                 return None
-            return replace(job, stage=stage, progress=STAGES[stage])
+            return replace(job, stage=stage, progress=stage_progress(stage))
 
         try:
             return self._transact(job_id, change)[0]

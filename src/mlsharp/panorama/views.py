@@ -83,16 +83,16 @@ class PanoramaLayout:
         return f"{self.ring} around the horizon + up + down, {self.fov_degrees:g}° each"
 
 
-#: The default layout: a ring of 4 plus up and down, 100° each (see the module docstring).
-DEFAULT_LAYOUT = PanoramaLayout()
-
-
 def _pole_reach(ring: int) -> float:
     """How far (normalised units) the directions a pole view owns reach along its image
     axes: the corners of the ring-sided polygon where the ring views' borders meet."""
     corner = 1.0 / math.cos(math.pi / ring)  # circumradius of the polygon of inradius 1
     yaws = (np.arange(ring) + 0.5) * (2.0 * math.pi / ring)
     return float(corner * np.max(np.maximum(np.abs(np.sin(yaws)), np.abs(np.cos(yaws)))))
+
+
+#: The default layout: a ring of 4 plus up and down, 100° each (see the module docstring).
+DEFAULT_LAYOUT = PanoramaLayout()
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,105 @@
+"""Time a 360° panorama end to end: cut, the views' forwards, merge, write; CPU and memory.
+
+    python benchmarks/bench_panorama.py --preset tiny --width 2048
+    python benchmarks/bench_panorama.py --preset sharp --resolution 512 --width 2048
+    python benchmarks/bench_panorama.py --preset sharp --image pano.jpg --checkpoint CKPT
+
+Without ``--checkpoint`` the network gets random weights at the preset's real scale
+(timing only: the splats are noise); without ``--image`` the panorama is the box room of
+the tests, rendered at ``--width`` x ``--width / 2``. Prints one Markdown table row for
+docs/benchmarks.md: wall seconds per stage, the process's CPU seconds (user + system) and
+peak RSS, the view size and the seam residual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny", choices=("tiny", "sharp"))
+    parser.add_argument("--checkpoint", help="weights (default: random at the preset's scale)")
+    parser.add_argument("--resolution", type=int, help="internal resolution (default: native)")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--image", help="an equirectangular panorama (default: the box room)")
+    parser.add_argument("--width", type=int, default=2048, help="box room width in pixels")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    import torch
+
+    from mlsharp import splat
+    from mlsharp.engine import Engine
+    from mlsharp.imaging import load_image
+    from mlsharp.model import build_model
+    from mlsharp.panorama import panorama_kind, predict_panorama
+    from mlsharp.runtime.options import RuntimeOptions
+
+    sys.path.insert(0, str(REPO))
+    from tests.panorama.room import encode, equirect_room
+
+    options = RuntimeOptions(precision=args.precision, resolution=args.resolution)
+    start = time.perf_counter()
+    if args.checkpoint:
+        engine = Engine.load(
+            args.checkpoint, preset=args.preset, device=args.device, options=options
+        )
+    else:
+        torch.manual_seed(0)
+        model = build_model(args.preset)
+        engine = Engine(model.to(args.device), torch.device(args.device), options=options)
+    ready = time.perf_counter() - start
+    source = args.image or encode(equirect_room(args.width))
+    image = load_image(source, name=Path(args.image).name if args.image else "room.png")
+    kind = panorama_kind(image, True)
+    assert kind is not None
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    scene = predict_panorama(engine, image, kind=kind, max_side=engine.internal_resolution)
+    predicted = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        splat.write(scene, Path(folder) / "pano.ply", "ply")
+    write = time.perf_counter() - predicted
+    wall = time.perf_counter() - wall0
+    cpu = cpu_seconds() - cpu0
+    times = scene.metadata["timings"]
+    info = scene.metadata["panorama"]
+    views = info["views"]
+    seams = info["seams"] or {"median": float("nan"), "p95": float("nan")}
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    forward = times.preprocess + times.inference
+    label = f"{args.preset} {engine.internal_resolution}px {args.precision}"
+    print(
+        f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"model ready in {ready:.1f}s",
+        file=sys.stderr,
+    )
+    print(
+        "| config | panorama | views | cut s | forward s (per view) | post-process s | "
+        "merge s | write s | total wall s | CPU s | peak RSS GB | splats | seam median / p95 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {label} | {image.width}x{image.height} | {len(views)} x {views[0]['side']} px | "
+        f"{times.extra['cut']:.2f} | {forward:.1f} ({forward / len(views):.2f}) | "
+        f"{times.postprocess:.2f} | {times.extra['merge']:.2f} | {write:.2f} | {wall:.1f} | "
+        f"{cpu:.1f} | {peak_gb:.2f} | {len(scene):,} | "
+        f"{100 * seams['median']:.1f} % / {100 * seams['p95']:.1f} % |"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -69,6 +69,9 @@ def test_a_photo_sent_as_a_panorama_is_refused(server: LiveServer) -> None:
         post_job(server, photo, name="photo.png", form={"panorama": "true"}), 422, "not_a_panorama"
     )
     assert "80x60 (aspect 1.33:1)" in body["message"]
+    files = {"file": ("photo.png", photo, "image/png")}
+    synchronous = server.client.post("/v1/predict", files=files, data={"panorama": "true"})
+    assert_error(synchronous, 422, "not_a_panorama")
     assert_error(
         post_job(server, photo, name="photo.png", form={"panorama": "maybe"}),
         422,

@@ -3,6 +3,7 @@
     python benchmarks/bench_panorama.py --preset tiny --width 2048
     python benchmarks/bench_panorama.py --preset sharp --resolution 512 --width 2048
     python benchmarks/bench_panorama.py --preset sharp --image pano.jpg --checkpoint CKPT
+    python benchmarks/bench_panorama.py --merge-only 1086   # the merge of sharp-sized views
 
 Without ``--checkpoint`` the network gets random weights at the preset's real scale
 (timing only: the splats are noise); without ``--image`` the panorama is the box room of
@@ -15,6 +16,7 @@ alone by the same engine just before, so the ratio holds on a busy machine.
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import resource
 import sys
@@ -39,7 +41,17 @@ def main() -> None:
     parser.add_argument("--image", help="an equirectangular panorama (default: the box room)")
     parser.add_argument("--width", type=int, default=2048, help="box room width in pixels")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--merge-only",
+        type=int,
+        metavar="SIDE",
+        help="time only the merge, of six exact views of the test room SIDE px wide (1086: "
+        "1,179,396 splats a view, the sharp preset's count at 1536 px); no network",
+    )
     args = parser.parse_args()
+    if args.merge_only:
+        merge_only(args.merge_only)
+        return
 
     import torch
 
@@ -107,6 +119,40 @@ def main() -> None:
         f"{times.postprocess:.2f} | {times.extra['merge']:.2f} | {write:.2f} | {wall:.1f} | "
         f"{cpu:.1f} | {photo_wall:.1f} / {photo_cpu:.1f} | {peak_gb:.2f} | {len(scene):,} | "
         f"{100 * seams['median']:.1f} % / {100 * seams['p95']:.1f} % |"
+    )
+
+
+def merge_only(side: int) -> None:
+    """Time the reconciliation, the merge and the .ply write of six exact views."""
+    sys.path.insert(0, str(REPO))
+    from tests.panorama.room import ideal_view
+
+    from mlsharp import splat
+    from mlsharp.panorama.merge import merge_views, reconcile_scales
+    from mlsharp.panorama.views import layout_views
+
+    views = layout_views()
+    scales = (1.0, 1.1, 0.9, 1.05, 0.95, 1.2)
+    results = [ideal_view(view, side, scale) for view, scale in zip(views, scales, strict=True)]
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    factors, _ = reconcile_scales(views, results)
+    reconciled = time.perf_counter()
+    scene = merge_views(views, results, scales=factors, pixels_per_radian=4096 / (2 * math.pi))
+    merged = time.perf_counter()
+    cpu = cpu_seconds() - cpu0
+    with tempfile.TemporaryDirectory() as folder:
+        splat.write(scene, Path(folder) / "pano.ply", "ply")
+    written = time.perf_counter()
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(
+        "| splats a view | reconcile s | merge wall / CPU s | kept | depth map | write s | "
+        "peak RSS GB |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    print(
+        f"| {len(results[0]):,} | {reconciled - wall0:.2f} | {merged - reconciled:.1f} / {cpu:.1f} "
+        f"| {len(scene):,} | {scene.depth.shape[1]}x{scene.depth.shape[0]} | "
+        f"{written - merged:.2f} | {peak_gb:.2f} |"
     )
 
 

@@ -52,6 +52,7 @@ def test_a_panorama_is_detected_sent_and_opened_from_the_centre(
     stats = page.evaluate("window.mlsharp.viewer.stats")
     assert stats["mode"] == "fly"
     assert page.get_attribute("[data-mode='fly']", "aria-pressed") == "true"
+    assert page.evaluate("document.activeElement.tagName") != "CANVAS"  # focus not moved
     pose = camera(page)
     np.testing.assert_allclose(pose["position"], [0, 0, 0], atol=1e-9)
     np.testing.assert_allclose(pose["quaternion"], [0, 0, 0, 1], atol=1e-9)

@@ -652,7 +652,8 @@ async function showScene(
     ui.viewer.dataset.splats = String(loaded.splats);
     // load() put the camera at the centre looking forward; a panorama is explored from
     // there in fly mode. A photo after a panorama goes back to orbiting.
-    if (panorama) setMode("fly");
+    // (The focus stays where the user left it: nothing moves it when a job finishes.)
+    if (panorama) setMode("fly", { focus: false });
     else if (ui.viewer.dataset.panorama === "true") setMode("orbit");
     ui.viewer.dataset.panorama = String(panorama);
     const count = loaded.splats.toLocaleString(language());
@@ -662,12 +663,12 @@ async function showScene(
   }
 }
 
-function setMode(mode) {
+function setMode(mode, { focus = true } = {}) {
   for (const button of ui.modeButtons) {
     button.setAttribute("aria-pressed", String(button.dataset.mode === mode));
   }
   state.viewer?.setMode(mode);
-  if (mode === "fly") state.viewer?.canvas.focus();
+  if (mode === "fly" && focus) state.viewer?.canvas.focus();
 }
 
 function toggleFullscreen() {

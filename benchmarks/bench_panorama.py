@@ -144,6 +144,7 @@ def merge_only(side: int) -> None:
         splat.write(scene, Path(folder) / "pano.ply", "ply")
     written = time.perf_counter()
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    assert scene.depth is not None  # the exact views have depth maps
     print(
         "| splats a view | reconcile s | merge wall / CPU s | kept | depth map | write s | "
         "peak RSS GB |"

@@ -42,7 +42,9 @@ def test_a_panorama_is_detected_sent_and_opened_from_the_centre(
     assert views and all(re.fullmatch(r"view [1-6]/6", s) for s in views), stages
     labels = page.evaluate("window.labels")
     assert any(re.match(r"Running the network on view [1-6] of 6 — \d+%", x) for x in labels)
-    job_id = re.search(r"job=([\w-]+)", page.url).group(1)
+    found = re.search(r"job=([\w-]+)", page.url)
+    assert found is not None, page.url
+    job_id = found.group(1)
     job = httpx.get(f"{web_server.url}/v1/jobs/{job_id}").json()
     assert job["panorama"] is True and job["status"] == "succeeded"
 

@@ -14,11 +14,13 @@ def check_device_name(value: str) -> str:
     """Return ``value`` if it names a device choice or ``cuda:N``; else raise ``ValueError``.
 
     ``N`` is a GPU index written as torch prints it: ASCII digits without leading zeros
-    (``cuda:0``, ``cuda:12``), so ``cuda:``, ``cuda:01``, ``cuda:-1`` and ``cuda:+1`` are
-    refused here with one message instead of failing later inside torch.
+    (``cuda:0``, ``cuda:12``), at most three of them, so ``cuda:``, ``cuda:01``,
+    ``cuda:-1``, ``cuda:+1`` and ``cuda:99999999999`` are refused here with one message
+    instead of failing later inside torch.
     """
     kind, colon, index = value.partition(":")
-    canonical = index.isascii() and index.isdigit() and str(int(index)) == index
+    digits = index.isascii() and index.isdigit() and len(index) <= 3
+    canonical = digits and str(int(index)) == index
     if kind not in DEVICE_CHOICES or (colon and not (kind == "cuda" and canonical)):
         raise ValueError(
             f"unknown device {value!r}; choose one of {', '.join(DEVICE_CHOICES)}, or cuda:N "

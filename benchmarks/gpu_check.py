@@ -138,6 +138,7 @@ class Context:
         self.workdir = Path(tempfile.mkdtemp(prefix="gpu_check_"))
         self.real_weights = args.checkpoint is not None
         self._checkpoint: Path | None = Path(args.checkpoint) if args.checkpoint else None
+        self._checkpoint_error: str | None = None
         self._photos: list[Any] | None = None
         self._reference: Any = None
         self._base: Any = None  # the fp32 engine on the first device, shared by rows
@@ -175,12 +176,18 @@ class Context:
     @property
     def checkpoint(self) -> Path:
         """The weights: ``--checkpoint``, else random ones at the preset's scale (once)."""
+        if self._checkpoint_error is not None:  # one failed try (disk full): not again per row
+            raise RuntimeError(f"no weights: {self._checkpoint_error}")
         if self._checkpoint is None:
             from mlsharp.commands.random_checkpoint import write_random_checkpoint
 
-            self._checkpoint = write_random_checkpoint(
-                self.args.preset, self.workdir / f"random-{self.args.preset}.pt"
-            )
+            try:
+                self._checkpoint = write_random_checkpoint(
+                    self.args.preset, self.workdir / f"random-{self.args.preset}.pt"
+                )
+            except Exception as error:
+                self._checkpoint_error = first_line(error)
+                raise
         return self._checkpoint
 
     @property

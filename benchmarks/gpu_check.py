@@ -868,8 +868,11 @@ def write_report(ctx: Context, rows: list[Row], *, complete: bool) -> None:
         "rows": [asdict(r) for r in rows],
     }
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(report, indent=1, default=str))
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(json.dumps(report, indent=1, default=str))
+        os.replace(temporary, path)
+    except OSError as error:  # the table on stdout still comes
+        print(f"cannot write the report {path}: {error}", file=sys.stderr)
 
 
 def print_table(rows: list[Row], ctx: Context) -> None:
@@ -922,8 +925,10 @@ def start_watchdog(ctx: Context) -> threading.Timer:
 
 
 def main() -> int:
+    from mlsharp.choices import PRESET_CHOICES  # no torch: a bad option fails at once
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="sharp")
+    parser.add_argument("--preset", default="sharp", choices=PRESET_CHOICES)
     parser.add_argument("--checkpoint", help="real weights (default: random at real scale)")
     parser.add_argument("--configs", help="bench_runtime configurations (comma-separated)")
     parser.add_argument("--quick", action="store_true", help="fewer runs, smaller frames")

@@ -17,6 +17,9 @@ maps ``http_status`` to a JSON error. Anything that is *not* an ``MlsharpError``
     ├── OutputError           the output cannot be written (permissions, missing folder, disk)
     ├── ConfigError           an invalid option or setting value
     ├── OutOfMemory           the device ran out of memory for this input and settings
+    ├── StorageError          the service's data directory cannot be used
+    │   ├── StorageFull       the disk is full (or a quota or file-size limit is reached) (507)
+    │   └── CorruptDatabase   a database file is damaged or empty; the message says what to do
     └── RequestError          the service refuses a request (the HTTP 4xx/503 family)
         ├── BadRequest        malformed parameters (400/422)
         ├── PayloadTooLarge   the request body exceeds the configured limit (413)
@@ -121,6 +124,29 @@ class OutOfMemory(MlsharpError):
     exit_code = 7
     http_status = 503
     code = "out_of_memory"
+
+
+class StorageError(MlsharpError):
+    """The service's data directory (its databases, job files) cannot be used."""
+
+    exit_code = 8
+    http_status = 503
+    code = "storage_error"
+
+
+class StorageFull(StorageError):
+    """A write failed because the disk is full, or a quota or file-size limit is reached."""
+
+    http_status = 507
+    code = "storage_full"
+
+
+class CorruptDatabase(StorageError):
+    """A database file is damaged (not a database, malformed) or empty; the message names
+    the file and what to do (restore a backup, or move it away)."""
+
+    http_status = 500
+    code = "corrupt_database"
 
 
 class RequestError(MlsharpError):

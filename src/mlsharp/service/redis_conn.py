@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from mlsharp.errors import ConfigError, ServiceUnavailable
+from mlsharp.service.optional import require
 
 log = logging.getLogger("mlsharp.distributed")
 
@@ -25,18 +26,6 @@ log = logging.getLogger("mlsharp.distributed")
 RETRY_AFTER_SECONDS = 5.0
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def require(module: str) -> Any:
-    """Import an optional dependency of the scale-out mode with a clear error if missing."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(
-            f"the distributed mode needs the '{module}' package: pip install 'mlsharp[distributed]'"
-        ) from None
 
 
 def connect(url: str) -> Any:
@@ -141,7 +130,7 @@ def call_with_retry(
     Workers use it for the state transitions that must not be lost when Redis blips while a
     job finishes (the transition itself is idempotent: fenced by the lease token).
     """
-    errors = connection_errors()
+    errors: tuple[type[BaseException], ...] = (*connection_errors(), ServiceUnavailable)
     deadline = time.monotonic() + give_up
     for delay in backoff_delays():
         try:

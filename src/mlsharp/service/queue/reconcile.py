@@ -12,7 +12,7 @@ that has neither a live run lease nor a message on its way (``job_store`` keys),
 * sends its message again if the broker holds none for it (the resent message is an
   ordinary duplicate at worst: a delivery of a job that runs or ended is skipped, so it
   still completes once, with one result and one webhook);
-* fails it (``queue_message_dead``, with its ``job.failed`` webhook in the same commit)
+* fails it (``queue_message_dead``, its ``job.failed`` outbox entry in the same commit)
   if its only message was dead-lettered.
 
 A job waiting in a long queue is left alone: its message is in the broker.
@@ -24,31 +24,17 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mlsharp.errors import ServiceUnavailable
-from mlsharp.service.distributed.job_store import Extra, RedisJobStore
-from mlsharp.service.distributed.queue import JobQueue
-from mlsharp.service.distributed.redis_conn import connection_errors
-from mlsharp.service.jobs import JobRecord, JobStatus
-from mlsharp.service.views import job_event_data
+from mlsharp.service.jobs.model import JobRecord
+from mlsharp.service.jobs.redis import RedisJobStore
+from mlsharp.service.redis_conn import connection_errors
+
+if TYPE_CHECKING:
+    from mlsharp.service.queue.dramatiq import TaskBroker
 
 log = logging.getLogger("mlsharp.distributed")
-
-EVENTS = {JobStatus.SUCCEEDED: "job.succeeded", JobStatus.FAILED: "job.failed"}
-
-
-def outcome_deliveries(webhooks: Any, base_url: str) -> Extra:
-    """``extra(pipe, final)`` staging the webhook deliveries of a job's final state in
-    the transaction that records it (once per job and event: a dedupe key)."""
-
-    def stage(pipe: Any, final: JobRecord) -> None:
-        event = EVENTS.get(final.status)
-        if event is not None:
-            data = job_event_data(final, base_url)
-            webhooks.stage(pipe, event, data, final.owner, f"{final.id}:{event}")
-
-    return stage
 
 
 class Reconciler:
@@ -57,15 +43,13 @@ class Reconciler:
     def __init__(
         self,
         store: RedisJobStore,
-        queue: JobQueue,
-        deliveries: Extra,
+        queue: TaskBroker,
         *,
         grace_seconds: float,
         on_action: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
-        self.deliveries = deliveries
         self.grace_seconds = grace_seconds
         #: Seconds between sweeps (cluster-wide, by the lock).
         self.interval = min(15.0, max(0.5, grace_seconds / 2))
@@ -87,7 +71,7 @@ class Reconciler:
             self._thread = None
 
     def _run(self) -> None:
-        errors = (*connection_errors(), ServiceUnavailable)
+        errors: tuple[type[BaseException], ...] = (*connection_errors(), ServiceUnavailable)
         while not self._stop.wait(self.interval):
             try:
                 self.sweep()
@@ -131,7 +115,7 @@ class Reconciler:
             "code": "queue_message_dead",
             "message": "the job's queue message was dead-lettered (the queue's retries ran out)",
         }
-        final = self.store.fail_unfinished(job.id, error, self.deliveries)
+        final = self.store.fail_unfinished(job.id, error)
         if final is None:
             return False
         self._count("failed")

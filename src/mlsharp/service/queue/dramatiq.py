@@ -1,4 +1,4 @@
-"""``JobQueue``: the task queue of the scale-out mode (Dramatiq on Redis).
+"""``DramatiqQueue``: the task queue of the scale-out mode (Dramatiq on Redis).
 
 Why Dramatiq (docs/deployment.md has the comparison): its Redis broker keeps every
 fetched message in a per-worker "unacked" set and moves the messages of a worker whose
@@ -14,11 +14,18 @@ Dramatiq stamps heartbeats and delays with each machine's own clock: a worker wh
 clock runs ahead by more than the heartbeat timeout, or the first worker back after a
 Redis outage longer than it, requeues the messages of workers that are alive. Those
 duplicates are harmless: the job store skips a delivery whose job has a live run lease
-(``job_store.BUSY``).
+(``transitions.BUSY``).
 
 A message can also be lost (a send while Redis is down, a process killed between
 storing a job and sending it) or dead-lettered; :meth:`JobQueue.message_states` lets the
 reconciler (``reconcile.py``) find the jobs that have no message any more.
+
+A delivery becomes a run only through the store's ``start_attempt`` (the lease token, the
+lease key): duplicates (a message requeued while its run is alive, one the reconciler
+sent again) are skipped, and a ``running`` job whose lease is gone is taken over only if
+the lease stays gone for two heartbeats (a run that outlived a Redis outage renews it
+within one). A run longer than ``job_time_limit_seconds`` is interrupted by the queue's
+time-limit middleware at the next Python-level step (never inside a kernel).
 """
 
 from __future__ import annotations
@@ -30,8 +37,14 @@ from collections.abc import Callable
 from typing import Any
 
 from mlsharp.config import Settings
-from mlsharp.service.distributed.redis_conn import connection_errors, require
-from mlsharp.service.jobs import JobRecord
+from mlsharp.errors import ServiceUnavailable
+from mlsharp.service.jobs import transitions
+from mlsharp.service.jobs.model import JobRecord, Lease
+from mlsharp.service.jobs.redis import RedisJobStore
+from mlsharp.service.metrics import Metrics
+from mlsharp.service.optional import require
+from mlsharp.service.queue.reconcile import Reconciler
+from mlsharp.service.redis_conn import call_with_retry, connection_errors, wait_for_redis
 
 log = logging.getLogger("mlsharp.distributed")
 
@@ -41,7 +54,7 @@ QUEUE_NAME = "jobs"
 _ALWAYS = 1_000_000
 
 
-class JobQueue:
+class TaskBroker:
     """The Dramatiq broker and the job actor; ``enqueue`` on submit, ``consume`` in workers."""
 
     def __init__(self, settings: Settings, client: Any) -> None:
@@ -143,15 +156,135 @@ class JobQueue:
         return worker
 
 
+class DramatiqQueue:
+    """The scale-out :class:`~mlsharp.service.queue.ports.JobQueue` (module docstring)."""
+
+    def __init__(
+        self, settings: Settings, client: Any, store: RedisJobStore, metrics: Metrics
+    ) -> None:
+        from dramatiq.middleware.time_limit import TimeLimitExceeded
+
+        assert settings.queue is not None
+        self.settings = settings
+        self.url = settings.queue
+        self.store = store
+        self.metrics = metrics
+        self.broker = TaskBroker(settings, client)
+        self.time_limit_errors: tuple[type[BaseException], ...] = (TimeLimitExceeded,)
+        self.beat_seconds = max(0.2, self.broker.heartbeat_ms / 5000)
+        self.reconciler = Reconciler(
+            store,
+            self.broker,
+            grace_seconds=settings.queue_grace_seconds,
+            on_action=lambda action: metrics.reconciled.labels(action).inc(),
+        )
+        self._stop = threading.Event()
+        self._boot_thread: threading.Thread | None = None
+        self._heartbeat: Heartbeat | None = None
+        self._worker: Any = None
+
+    def start(
+        self,
+        run: Callable[[Lease], None],
+        *,
+        threads: int,
+        on_idle: Callable[[], object],
+        on_beat: Callable[[], None],
+        on_ended: Callable[[JobRecord], None],
+    ) -> None:
+        """Consume the queue once Redis answers (waiting in the background)."""
+
+        def boot() -> None:
+            if not wait_for_redis(self.broker.broker.client, self.url, stop=self._stop):
+                return
+            self._heartbeat = Heartbeat(self.broker, interval=self.beat_seconds, on_beat=on_beat)
+            self._heartbeat.start()
+            self.reconciler.start()
+            handle = lambda job_id: self._deliver(job_id, run, on_ended)  # noqa: E731
+            self._worker = self.broker.consume(handle, threads=threads)
+            log.info("consuming jobs from the queue (%d thread(s))", threads)
+
+        self._boot_thread = threading.Thread(target=boot, name="mlsharp-queue-boot")
+        self._boot_thread.start()
+
+    def send(self, job: JobRecord, delay_seconds: float = 0.0) -> None:
+        """Send the job's message; if Redis is away, the reconciler sends it later."""
+        try:
+            self.broker.enqueue(job, delay_seconds)
+        except connection_errors() as error:
+            log.warning("job %s: could not send it to the queue now (%s)", job.id, error)
+
+    def stop(self, timeout: float) -> None:
+        """Finish the runs in hand (up to ``timeout``) and hand prefetched messages back."""
+        self._stop.set()
+        if self._boot_thread is not None:
+            self._boot_thread.join()
+        if self._worker is not None:
+            self._worker.stop(timeout=int(timeout * 1000))
+            self._worker = None
+        self.reconciler.stop()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+
+    # -- one delivery --------------------------------------------------------------------
+
+    def _deliver(
+        self,
+        job_id: str,
+        run: Callable[[Lease], None],
+        on_ended: Callable[[JobRecord], None],
+    ) -> None:
+        """Turn one delivery of ``job_id`` into a run, or skip it (on a Dramatiq thread)."""
+        outcome, job = self._start(job_id, take_over=False)
+        if outcome == transitions.ORPHAN:
+            outcome, job = self._confirm_orphan(job_id)
+        if outcome in (transitions.SKIP, transitions.BUSY):
+            reason = "busy" if outcome == transitions.BUSY else "finished"
+            self.metrics.skipped.labels(reason).inc()
+            if outcome == transitions.BUSY:
+                log.info("job %s: delivery skipped (a live run holds it)", job_id)
+            else:
+                status = job.status.value if job else "gone"
+                log.info("job %s: delivery skipped (%s)", job_id, status)
+            return
+        assert job is not None
+        if outcome == transitions.EXHAUSTED:  # ended, its outbox entry in the same commit
+            log.warning("job %s %s: %s", job_id, job.status.value, (job.error or {}).get("message"))
+            on_ended(job)
+            return
+        run(Lease(job))
+
+    def _start(self, job_id: str, *, take_over: bool) -> tuple[str, JobRecord | None]:
+        return call_with_retry(
+            lambda: self.store.start_attempt(
+                job_id, self.settings.job_max_attempts, take_over=take_over
+            ),
+            what=f"starting job {job_id}",
+        )
+
+    def _confirm_orphan(self, job_id: str) -> tuple[str, JobRecord | None]:
+        """The job is ``running`` without a lease: its run died, or it is alive and has
+        not renewed its lease since Redis came back. Watch for two heartbeats (plus a
+        second for reconnecting) before taking over."""
+        deadline = time.monotonic() + 2 * self.beat_seconds + 1.0
+        while time.monotonic() < deadline:
+            time.sleep(self.beat_seconds / 2)
+            outcome, job = self._start(job_id, take_over=False)
+            if outcome != transitions.ORPHAN:
+                return outcome, job
+        log.info("job %s: its run holds no lease any more; taking over", job_id)
+        return self._start(job_id, take_over=True)
+
+
 class Heartbeat:
-    """A thread calling :meth:`JobQueue.heartbeat` every ``interval`` seconds, and
+    """A thread calling :meth:`TaskBroker.heartbeat` every ``interval`` seconds, and
     ``on_beat()`` first (the runner renews its run leases there).
 
     Logs once when Redis goes away and once when it is back (not every beat).
     """
 
     def __init__(
-        self, queue: JobQueue, interval: float, on_beat: Callable[[], None] | None = None
+        self, queue: TaskBroker, interval: float, on_beat: Callable[[], None] | None = None
     ) -> None:
         self.queue = queue
         self.interval = interval
@@ -171,7 +304,7 @@ class Heartbeat:
             self._thread.join(5)
 
     def _run(self) -> None:
-        errors = connection_errors()
+        errors: tuple[type[BaseException], ...] = (*connection_errors(), ServiceUnavailable)
         while not self._stop.is_set():
             try:
                 # Leases first: after an outage they must be back before another worker,

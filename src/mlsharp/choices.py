@@ -1,13 +1,34 @@
-"""Allowed values of the settings that the command line offers as choices.
+"""Every list of choices the settings and the command line offer, defined once.
 
-Kept apart from :mod:`mlsharp.config` so ``mlsharp --help`` needs no pydantic import.
+Each is a ``Literal`` type (the settings' field types and the library's signatures) and
+the tuple of its values (argparse ``choices``, ``--help`` and error messages), so adding a
+choice is one edit here. Kept apart from :mod:`mlsharp.config` so ``mlsharp --help`` needs
+no pydantic (nor NumPy, nor torch) import.
 """
 
 from __future__ import annotations
 
-PRESET_CHOICES: tuple[str, ...] = ("sharp", "tiny")
+from typing import Literal, get_args
+
+#: Network presets: ``sharp`` (Apple's release) or ``tiny`` (tests).
+Preset = Literal["sharp", "tiny"]
+PRESET_CHOICES: tuple[str, ...] = get_args(Preset)
+
+#: Numeric precision of the network forward. ``fp32``: the reference. ``tf32``: fp32
+#: storage with TF32 matmuls/convolutions (Ampere+). ``bf16`` / ``fp16``: autocast, with
+#: normalisations, heads and post-processing in fp32.
+Precision = Literal["fp32", "tf32", "bf16", "fp16"]
+PRECISION_CHOICES: tuple[str, ...] = get_args(Precision)
+
+#: Coordinate frames a viewer format can be written in (y down or y up).
+Frame = Literal["opencv", "opengl"]
+FRAME_CHOICES: tuple[str, ...] = get_args(Frame)
+
+#: Log line formats.
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
+
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-LOG_FORMATS: tuple[str, ...] = ("text", "json")
 
 
 def check_device_name(value: str) -> str:

@@ -16,16 +16,18 @@ from typing import NoReturn
 
 from mlsharp import formats
 from mlsharp._version import __version__
-from mlsharp.choices import LOG_FORMATS, PRESET_CHOICES, check_device_name
+from mlsharp.choices import (
+    FRAME_CHOICES,
+    LOG_FORMATS,
+    PRECISION_CHOICES,
+    PRESET_CHOICES,
+    check_device_name,
+)
 from mlsharp.errors import MlsharpError
-from mlsharp.runtime.options import PRECISION_CHOICES
 
 #: Exit status when stdout's reader closed the pipe (128 + SIGPIPE, as shells report).
 EXIT_BROKEN_PIPE = 141
 EXIT_INTERRUPTED = 130
-
-#: Coordinate frames of the viewer formats (from the NumPy-free format table).
-FRAME_CHOICES = formats.FRAMES
 
 #: Each command's runner as (module, function), imported only when the command runs so
 #: heavy modules stay out of ``--help``. A runner takes the parsed arguments and returns

@@ -155,8 +155,9 @@ def load_image(
     with _open_source(source, label, max_bytes) as fp:
         pixels, exif, fmt, projection = _decode(fp, label, max_pixels)
     pixels = _apply_orientation(pixels, exif.get("Orientation"))
+    origin: FocalSource = "user"
     if user_focal is not None:
-        f35, origin = user_focal, "user"
+        f35 = user_focal
     else:
         f35, origin = _focal_from_exif(exif)
     height, width = pixels.shape[:2]

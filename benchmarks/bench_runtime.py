@@ -7,10 +7,10 @@
 
 Each configuration runs in its own child process, so its peak memory is its own: CUDA
 ``max_memory_allocated`` on a GPU, the process's peak RSS (``ru_maxrss``) on the CPU.
-The child loads the engine (timed: process start -> model ready), warms up once, then
-times ``--runs`` end-to-end predictions of one photo stage by stage (decode, preprocess,
-forward, post-process, device-to-host transfer, .ply write) and ``predict_many`` at each
-batch size. A configuration is written like ``RuntimeOptions.label()``:
+The child loads the engine (timed: process start -> model ready), warms up (once by
+default, ``--warmup``), then times ``--runs`` end-to-end predictions of one photo stage
+by stage (decode, preprocess, forward, post-process, device-to-host transfer, .ply write)
+and ``predict_many`` at each batch size. A configuration is written like ``RuntimeOptions.label()``:
 ``bf16+channels_last+fast_postprocess+1024px``. ``--random`` builds random weights at the
 preset's real scale (timing only; outputs are noise). Prints Markdown tables for
 docs/benchmarks.md.
@@ -99,6 +99,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from mlsharp.engine import Engine
+    from mlsharp.errors import OutOfMemory
     from mlsharp.imaging import load_image
     from mlsharp.runtime.options import RuntimeOptions
     from mlsharp.splat import write_ply
@@ -114,7 +115,8 @@ def child(args: argparse.Namespace) -> None:
     )
     peaks = PeakTracker(engine.device)
     peaks.note()  # the weights, loaded
-    engine.warmup()
+    for _ in range(args.warmup):
+        engine.warmup()
     peaks.note()
     ready = time.perf_counter() - START
     samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
@@ -136,15 +138,20 @@ def child(args: argparse.Namespace) -> None:
         samples["transfer"].append(times.transfer)
         samples["write"].append(written - predicted)
         samples["total"].append(written - begin)
-    throughput = {}
+    throughput: dict[int, float | None] = {}
+    batch_errors = {}
     image = load_image(args.image)
     for batch in args.batch_sizes:
-        engine.predict_many([image] * batch, batch_size=batch)  # warm this shape
-        peaks.note()
-        begin = time.perf_counter()
-        for _ in range(args.batch_runs):
-            engine.predict_many([image] * batch, batch_size=batch)
-        throughput[batch] = batch * args.batch_runs / (time.perf_counter() - begin)
+        try:
+            engine.predict_many([image] * batch, batch_size=batch)  # warm this shape
+            peaks.note()
+            begin = time.perf_counter()
+            for _ in range(args.batch_runs):
+                engine.predict_many([image] * batch, batch_size=batch)
+            throughput[batch] = batch * args.batch_runs / (time.perf_counter() - begin)
+        except OutOfMemory as error:  # a batch too large for the device: the rest stands
+            throughput[batch] = None
+            batch_errors[batch] = str(error)
     what, peak = peaks.result_gb()
     print(
         json.dumps(
@@ -155,6 +162,7 @@ def child(args: argparse.Namespace) -> None:
                 "ready_s": ready,
                 "samples": samples,
                 "throughput": throughput,
+                "batch_errors": batch_errors,
                 "peak_what": what,
                 "peak_gb": peak,
                 "device": describe_device(engine.device),
@@ -174,21 +182,35 @@ def describe_device(device) -> str:
     return f"{device.type} ({platform.machine()}, {os.cpu_count()} cores)"
 
 
-def run_child(args: argparse.Namespace, config: str) -> dict:
-    """Run one configuration in a fresh interpreter; its JSON result (or the error)."""
+def run_child(args: argparse.Namespace, config: str, timeout: float | None = None) -> dict:
+    """Run one configuration in a fresh interpreter; its JSON result, or the error (its
+    last line under ``error``, the end of its stderr under ``stderr``). ``timeout``
+    seconds, then the child is killed and that is the error."""
     command = [sys.executable, __file__, "--child", "--config", config]
-    for name in ("checkpoint", "preset", "device", "image", "runs", "batch_runs"):
-        value = getattr(args, name)
+    for name in ("checkpoint", "preset", "device", "image", "runs", "warmup", "batch_runs"):
+        value = getattr(args, name, None)
         if value is not None:
             command += [f"--{name.replace('_', '-')}", str(value)]
     command += ["--batch-sizes", ",".join(map(str, args.batch_sizes))]
     if args.random:
         command.append("--random")
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired as expired:
+        stderr = expired.stderr.decode(errors="replace") if expired.stderr else ""
+        return {"config": config, "error": f"timed out after {timeout:.0f} s", "stderr": stderr}
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"config": config, "error": tail}
+        return {"config": config, "error": tail, "stderr": done.stderr[-4000:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def rate_text(throughput: dict, batch: int) -> str:
+    """images/s at ``batch`` from a result's ``throughput``, or why there is none."""
+    if str(batch) not in throughput:
+        return "–"  # not measured for this configuration
+    rate = throughput[str(batch)]
+    return "out of memory" if rate is None else f"{rate:.2f}"
 
 
 def print_tables(results: list[dict], args: argparse.Namespace) -> None:
@@ -212,21 +234,18 @@ def print_tables(results: list[dict], args: argparse.Namespace) -> None:
         for stage in STAGES:
             s = r["samples"][stage]
             cells.append(f"{percentile(s, 0.5) * 1e3:.0f} / {percentile(s, 0.95) * 1e3:.0f}")
-        print(f"| {r['config']} | " + " | ".join(cells) + " |")
+        runs = len(r["samples"]["total"])
+        label = r["config"] + ("" if runs == args.runs else f" ({runs} runs)")
+        print(f"| {label} | " + " | ".join(cells) + " |")
     print()
     sizes = args.batch_sizes
-    print(
-        "| config | start → ready s | peak memory GB | "
-        + " | ".join(f"images/s @ batch {b}" for b in sizes)
-        + " |"
-    )
-    print("|---|---|---|" + "---|" * len(sizes))
+    header = ["config", "start → ready s", "peak memory GB"]
+    print("| " + " | ".join(header + [f"images/s @ batch {b}" for b in sizes]) + " |")
+    print("|---" * (len(header) + len(sizes)) + "|")
     for r in ok:
-        rates = " | ".join(f"{r['throughput'][str(b)]:.2f}" for b in sizes)
-        print(
-            f"| {r['config']} | {r['ready_s']:.1f} | {r['peak_gb']:.2f} ({r['peak_what']}) "
-            f"| {rates} |"
-        )
+        cells = [r["config"], f"{r['ready_s']:.1f}", f"{r['peak_gb']:.2f} ({r['peak_what']})"]
+        cells += [rate_text(r["throughput"], b) for b in sizes]
+        print("| " + " | ".join(cells) + " |")
     if ok:
         base = statistics.median(ok[0]["samples"]["total"])
         print()
@@ -245,6 +264,7 @@ def main() -> None:
     parser.add_argument("--configs", default="fp32", help="comma-separated configurations")
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="forwards before ready")
     parser.add_argument("--batch-runs", type=int, default=1)
     parser.add_argument("--batch-sizes", default="1")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

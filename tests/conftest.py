@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny checkpoints, fixture paths, a CLI runner."""
+"""Shared fixtures: tiny checkpoints, fixture paths, a CLI runner, a redis-server."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.servers import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -41,3 +43,12 @@ def run_cli(tmp_path: Path):
         )
 
     return run
+
+
+@pytest.fixture()
+def redis_server(tmp_path: Path):
+    """A fresh, empty redis-server for one test (tests/servers.py)."""
+    server = RedisServer(free_port(), tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

@@ -145,3 +145,33 @@ def test_one_caller_runs_straight_through(engine, photos, singles):
     assert stages == ["preprocess", "inference", "postprocess"]
     assert batcher.batch_sizes == [1]
     assert_close(result, singles[0], FP32_ROUNDING)
+
+
+def test_predict_many_queues_its_photos_together(engine, photos, singles):
+    """A panorama's views go in as one group: they share forwards (up to the batch size)
+    with each other and with a photo queued meanwhile, and come back in order."""
+    batcher = Batcher(engine, 3)
+    assert batcher.suggested_batch_size() == 3
+    release = threading.Event()
+    first: list = []
+
+    def hold(stage: str) -> None:
+        if stage == "preprocess":
+            release.wait(30)
+
+    holder = threading.Thread(
+        target=lambda: first.append(batcher.predict(photos[0], on_stage=hold))
+    )
+    holder.start()
+    wait_until(lambda: batcher.batch_sizes == [1])
+    many: list = []
+    group = threading.Thread(target=lambda: many.extend(batcher.predict_many(photos[1:])))
+    group.start()
+    wait_until(lambda: len(batcher._pending) == 4)
+    release.set()
+    holder.join(60)
+    group.join(60)
+    assert batcher.batch_sizes == [1, 3, 1]
+    assert [r.metadata["source"] for r in many] == [p.name for p in photos[1:]]
+    for result, single in zip(many, singles[1:], strict=True):
+        assert_close(result, single, FP32_ROUNDING)

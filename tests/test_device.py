@@ -8,7 +8,7 @@ import torch
 
 from mlsharp.choices import check_device_name
 from mlsharp.config import Settings
-from mlsharp.device import check_gpu_index, resolve_device
+from mlsharp.device import check_gpu_index, gpu_index, resolve_device
 from mlsharp.errors import ConfigError, DeviceError
 from tests.service.conftest import free_port
 
@@ -23,7 +23,7 @@ def test_valid_device_names(name):
 @pytest.mark.parametrize(
     "name",
     ["cuda:", "cuda:01", "cuda:00", "cuda:-1", "cuda:+1", "cuda: 1", "cuda:1.0", "cuda:٣",
-     "cpu:0", "mps:0", "gpu", "CUDA", "cuda:0:1", ""],
+     "cpu:0", "mps:0", "gpu", "CUDA", "cuda:0:1", "", "cuda:1000", "cuda:" + "9" * 5000],
 )  # fmt: skip
 def test_malformed_device_names_get_one_clear_error(name):
     with pytest.raises(ValueError, match=ONE_MESSAGE):
@@ -45,10 +45,19 @@ def test_gpu_index_must_be_one_torch_sees():
         check_gpu_index(0, 0)
 
 
-def test_gpu_index_beyond_the_visible_gpus_is_a_device_error():
-    # Without CUDA this is the "no GPU" error; with it, the index check above.
+@pytest.mark.parametrize("name", [f"cuda:{torch.cuda.device_count()}", "cuda:256"])
+def test_gpu_index_beyond_the_visible_gpus_is_a_device_error(name):
+    # Without CUDA this is the "no GPU" error; with it, the index check above. torch.device
+    # wraps the index at 256, so cuda:256 would otherwise quietly be cuda:0.
     with pytest.raises(DeviceError, match="cuda"):
-        resolve_device(f"cuda:{max(torch.cuda.device_count(), 7)}")
+        resolve_device(name)
+
+
+def test_gpu_index_is_read_from_the_name_not_torchs_8_bit_field():
+    assert torch.device("cuda:256").index == 0  # why we parse it ourselves
+    assert [gpu_index(n) for n in ("cuda:256", "cuda:300", "cuda:3", "cuda", "cpu")] == [
+        256, 300, 3, None, None,
+    ]  # fmt: skip
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")

@@ -15,7 +15,6 @@ import textwrap
 import threading
 import time
 
-import httpx
 import pytest
 import torch
 
@@ -435,6 +434,9 @@ def test_release_on_cpu_without_cuda_is_safe():
 
 
 def test_service_counts_memory_releases_in_metrics(tmp_path, tiny_checkpoint):
+    # Imported here: the device check collects this file where the service stack is absent.
+    import httpx
+
     from tests.service.conftest import jpeg_bytes, run_live_server
 
     with run_live_server(

@@ -6,6 +6,8 @@ existing ``dest`` is only replaced once the new file is complete, and on any fai
 (including ``KeyboardInterrupt``) the temporary file is removed. Every writer of the
 package (splats, checkpoints) goes through :func:`atomic_path`; the resumable download in
 ``mlsharp.weights`` keeps its own ``.part`` file but shares :func:`fsync_directory`.
+:func:`link_or_copy` puts an existing file at a new path the same way (a hard link when
+it can, a copy otherwise).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -70,7 +73,7 @@ def _as_bytes(chunk: Chunk) -> bytes | bytearray | memoryview:
     """Return a zero-copy byte view of ``chunk`` (arrays are written in memory order)."""
     if isinstance(chunk, np.ndarray):
         array = np.ascontiguousarray(chunk)
-        return memoryview(array.reshape(-1).view(np.uint8))
+        return array.reshape(-1).view(np.uint8).data
     return chunk
 
 
@@ -88,3 +91,33 @@ def atomic_write(dest: str | os.PathLike[str], chunks: Iterable[Chunk]) -> Path:
         for chunk in chunks:
             fh.write(_as_bytes(chunk))
     return Path(dest)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` a hard link to ``src`` if possible, else a copy of it.
+
+    ``dst`` appears atomically: the link or copy is made under a temporary name next to
+    it, then renamed over it, so an existing ``dst`` is replaced, never rewritten. Parent
+    folders are created. Nothing happens when ``dst`` already is ``src``.
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and os.path.samefile(src, dst):
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(dst)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # another filesystem, or links unsupported
+            shutil.copyfile(src, tmp)
+            _fsync_file(tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_directory(dst.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())

@@ -18,20 +18,20 @@ from mlsharp import formats
 from mlsharp._version import __version__
 from mlsharp.choices import (
     BACKEND_CHOICES,
+    EXPORT_PRECISION_CHOICES,
     EXPORT_RUNTIME_CHOICES,
+    EXPORT_WEIGHTS_CHOICES,
+    FRAME_CHOICES,
     LOG_FORMATS,
+    PRECISION_CHOICES,
     PRESET_CHOICES,
     check_device_name,
 )
 from mlsharp.errors import MlsharpError
-from mlsharp.runtime.options import PRECISION_CHOICES
 
 #: Exit status when stdout's reader closed the pipe (128 + SIGPIPE, as shells report).
 EXIT_BROKEN_PIPE = 141
 EXIT_INTERRUPTED = 130
-
-#: Coordinate frames of the viewer formats (from the NumPy-free format table).
-FRAME_CHOICES = formats.FRAMES
 
 #: Each command's runner as (module, function), imported only when the command runs so
 #: heavy modules stay out of ``--help``. A runner takes the parsed arguments and returns
@@ -82,15 +82,20 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _or_list(names: Sequence[str]) -> str:
+    """``a, b, c or d`` (a list of choices in a help text)."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def _add_backend_options(parser: argparse.ArgumentParser, *, int8: bool = True) -> None:
     """``--backend``, ``--backend-device`` and (with ``int8``) ``--int8-weights``
     (docs/hardware.md)."""
     parser.add_argument(
         "--backend",
         choices=BACKEND_CHOICES,
-        help="what runs the network: auto (default: torch on GPUs; on a CPU the backend "
-        "`mlsharp autotune` measured fastest within the accuracy guard, else torch), torch, "
-        "openvino or onnxruntime (extras: pip install mlsharp[openvino] / mlsharp[onnx]); "
+        help=f"what runs the network: {_or_list(BACKEND_CHOICES)}; auto (default): torch on "
+        "GPUs, on a CPU the backend `mlsharp autotune` measured fastest within the accuracy "
+        "guard, else torch (extras: pip install mlsharp[openvino] / mlsharp[onnx]); "
         "$MLSHARP_BACKEND",
     )
     parser.add_argument(
@@ -242,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--frame", choices=FRAME_CHOICES, help=_frame_help())
     _add_scene_options(predict)
+    predict.add_argument(
+        "--panorama",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="treat the inputs as 360° panoramas (2:1 equirectangular, or a 4:3 cube-map "
+        "cross): one scene around the camera (default: when the file's GPano XMP says "
+        "equirectangular; docs/panorama.md)",
+    )
     _add_runtime_options(predict)
     _add_backend_options(predict)
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -372,7 +385,7 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--runtime",
         choices=EXPORT_RUNTIME_CHOICES,
-        default="openvino",
+        default=EXPORT_RUNTIME_CHOICES[0],
         help="openvino (IR .xml + .bin, default) or onnx (.onnx + .onnx.data, opset 20)",
     )
     _add_model_options(export)
@@ -381,15 +394,15 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
     )
     export.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "bf16"),
-        default="fp32",
+        choices=EXPORT_PRECISION_CHOICES,
+        default=EXPORT_PRECISION_CHOICES[0],
         help="fp32 (default); fp16 stores OpenVINO weights in half precision; bf16 is an "
         "OpenVINO inference mode (the files stay fp32) recorded in the manifest",
     )
     export.add_argument(
         "--weights",
-        choices=("float", "int8"),
-        default="float",
+        choices=EXPORT_WEIGHTS_CHOICES,
+        default=EXPORT_WEIGHTS_CHOICES[0],
         help="int8: weight-only 8-bit compression (NNCF for openvino, MatMulNBits for onnx)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace files in DIR")
@@ -401,7 +414,7 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
 
 
 #: Mirrors mlsharp.render.TRAJECTORIES / BACKENDS (kept here so ``--help`` imports nothing).
-RENDER_TRAJECTORIES = ("orbit", "swing", "dolly", "spiral")
+RENDER_TRAJECTORIES = ("orbit", "swing", "dolly", "spiral", "turn", "walk")
 RENDER_BACKENDS = ("auto", "torch", "gsplat")
 
 
@@ -417,7 +430,11 @@ def _add_render_command(commands: argparse._SubParsersAction) -> None:
     render.add_argument("scene", metavar="SCENE", help="scene file (.ply, ...)")
     render.add_argument("-o", "--output", required=True, metavar="OUT", help=".mp4 or .png")
     render.add_argument(
-        "--trajectory", choices=RENDER_TRAJECTORIES, default="orbit", help="camera path"
+        "--trajectory",
+        choices=RENDER_TRAJECTORIES,
+        help="camera path: orbit, swing, dolly, spiral around a photo's viewpoint; turn (in "
+        "place) and walk (forward and back) inside a panorama (default: turn for a panorama "
+        "scene, else orbit)",
     )
     render.add_argument(
         "--frames", type=int, metavar="N", help="frames (default: 60 for .mp4, 1 for .png)"
@@ -502,8 +519,8 @@ def _add_runtime_commands(commands: argparse._SubParsersAction) -> None:
     autotune.add_argument(
         "--backend",
         choices=BACKEND_CHOICES,
-        help="backends to measure besides the torch reference: auto (default: every "
-        "installed one on a CPU, torch only on GPUs), torch, openvino or onnxruntime",
+        help=f"backends to measure besides the torch reference: {_or_list(BACKEND_CHOICES)}; "
+        "auto (default): every installed one on a CPU, torch only on GPUs",
     )
     autotune.add_argument(
         "--backend-device", metavar="DEVICE", help="as for predict (openvino/onnxruntime)"

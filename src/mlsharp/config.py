@@ -28,10 +28,15 @@ from pydantic_settings import (
 )
 
 from mlsharp.choices import (
+    BACKEND_CHOICES,
     DEVICE_CHOICES,
     LOG_FORMATS,
+    PRECISION_CHOICES,
     PRESET_CHOICES,
     Backend,
+    LogFormat,
+    Precision,
+    Preset,
     check_device_name,
 )
 from mlsharp.errors import ConfigError
@@ -88,7 +93,10 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         elif suffix == ".json":
             data = json.loads(text)
         elif suffix == ".toml":
-            import tomllib
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # the backport (a dependency on Python 3.10)
+                import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
             data = tomllib.loads(text)
         else:
@@ -127,7 +135,7 @@ class Settings(BaseSettings):
 
     # --- the model (shared with `mlsharp predict`) ---
     checkpoint: str | None = Field(None, description="path or URL of the .pt checkpoint")
-    preset: Literal["sharp", "tiny"] = Field("sharp", description="network preset")
+    preset: Preset = Field("sharp", description=f"network preset: {', '.join(PRESET_CHOICES)}")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     offline: bool = Field(False, description="never download the checkpoint")
     autotune: bool = Field(
@@ -137,8 +145,9 @@ class Settings(BaseSettings):
     )
 
     # --- how the network runs (docs/runtime.md); defaults reproduce the reference ---
-    precision: Literal["fp32", "tf32", "bf16", "fp16"] = Field(
-        "fp32", description="network precision: fp32 (reference), tf32, bf16 or fp16"
+    precision: Precision = Field(
+        "fp32",
+        description=f"network precision: {', '.join(PRECISION_CHOICES)} (fp32: the reference)",
     )
     resolution: int | None = Field(
         None, description="internal resolution in px, a multiple of 512 (default: the preset's)"
@@ -154,8 +163,7 @@ class Settings(BaseSettings):
     )
     backend: Backend = Field(
         "auto",
-        description="what runs the network: auto, torch, openvino or onnxruntime "
-        "(docs/hardware.md)",
+        description=f"what runs the network: {', '.join(BACKEND_CHOICES)} (docs/hardware.md)",
     )
     backend_device: str | None = Field(
         None,
@@ -225,6 +233,12 @@ class Settings(BaseSettings):
         2.0, ge=0, description="delay before the first retry; doubles after each failure"
     )
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="per-delivery HTTP timeout")
+    webhook_concurrency: int = Field(
+        8, ge=1, le=256, description="delivery attempts in flight at once (one per endpoint)"
+    )
+    webhook_max_per_key: int = Field(
+        10, ge=1, le=1000, description="webhooks one API key (or the open service) may register"
+    )
 
     # --- scale-out (docs/deployment.md): Redis queue, shared state, object storage ---
     queue: str | None = Field(
@@ -261,7 +275,7 @@ class Settings(BaseSettings):
     s3_presign_seconds: int = Field(3600, ge=1, le=604800, description="presigned URL lifetime")
 
     # --- logging ---
-    log_format: Literal["text", "json"] = Field("text", description="text or json log lines")
+    log_format: LogFormat = Field("text", description=f"log line format: {', '.join(LOG_FORMATS)}")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="least severe log level shown"
     )

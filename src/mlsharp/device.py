@@ -32,10 +32,18 @@ def resolve_device(name: str = "auto") -> torch.device:
         )
     if kind == "mps" and not _mps_available():
         raise DeviceError("device 'mps' requested but Apple MPS is not available here")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is not None:
-        check_gpu_index(device.index, torch.cuda.device_count())
-    return device
+    index = gpu_index(name)
+    if index is not None:
+        # Checked on our own parse: torch.device keeps the index in 8 bits, so it reads
+        # "cuda:256" as cuda:0 and "cuda:300" as cuda:44.
+        check_gpu_index(index, torch.cuda.device_count())
+    return torch.device(name)
+
+
+def gpu_index(name: str) -> int | None:
+    """The ``N`` of a checked ``cuda:N`` device name (``None`` for other names)."""
+    kind, _, index = name.partition(":")
+    return int(index) if kind == "cuda" and index else None
 
 
 def check_gpu_index(index: int, count: int) -> None:

@@ -7,7 +7,8 @@ maps ``http_status`` to a JSON error. Anything that is *not* an ``MlsharpError``
 
     MlsharpError
     ├── InvalidImage          the input cannot be decoded as an image
-    │   └── ImageTooLarge     the image exceeds a configured limit (pixels / bytes)
+    │   ├── ImageTooLarge     the image exceeds a configured limit (pixels / bytes)
+    │   └── NotAPanorama      a photo given as a 360° panorama does not have its shape
     ├── CheckpointError       the weights file is missing, truncated, foreign or mismatched
     │   ├── CheckpointNotFound  no weights available locally (and none could be downloaded)
     │   └── DownloadError     the download failed (network, size or checksum mismatch)
@@ -17,6 +18,9 @@ maps ``http_status`` to a JSON error. Anything that is *not* an ``MlsharpError``
     ├── ConfigError           an invalid option or setting value
     ├── OutOfMemory           the device ran out of memory for this input and settings
     ├── NonFiniteOutput       the prediction holds NaN or infinite values (never written)
+    ├── StorageError          the service's data directory cannot be used
+    │   ├── StorageFull       the disk is full (or a quota or file-size limit is reached) (507)
+    │   └── CorruptDatabase   a database file is damaged or empty; the message says what to do
     └── RequestError          the service refuses a request (the HTTP 4xx/503 family)
         ├── BadRequest        malformed parameters (400/422)
         ├── PayloadTooLarge   the request body exceeds the configured limit (413)
@@ -53,6 +57,12 @@ class ImageTooLarge(InvalidImage):
 
     http_status = 413
     code = "image_too_large"
+
+
+class NotAPanorama(InvalidImage):
+    """A photo given (or tagged) as a 360° panorama does not have a panorama's shape."""
+
+    code = "not_a_panorama"
 
 
 class CheckpointError(MlsharpError):
@@ -125,6 +135,29 @@ class NonFiniteOutput(MlsharpError):
     exit_code = 1
     http_status = 500
     code = "non_finite_output"
+
+
+class StorageError(MlsharpError):
+    """The service's data directory (its databases, job files) cannot be used."""
+
+    exit_code = 8
+    http_status = 503
+    code = "storage_error"
+
+
+class StorageFull(StorageError):
+    """A write failed because the disk is full, or a quota or file-size limit is reached."""
+
+    http_status = 507
+    code = "storage_full"
+
+
+class CorruptDatabase(StorageError):
+    """A database file is damaged (not a database, malformed) or empty; the message names
+    the file and what to do (restore a backup, or move it away)."""
+
+    http_status = 500
+    code = "corrupt_database"
 
 
 class RequestError(MlsharpError):

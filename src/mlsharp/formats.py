@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlsharp.choices import FRAME_CHOICES
 from mlsharp.errors import ConfigError
 
 __all__ = [
@@ -35,8 +36,8 @@ __all__ = [
     "resolve",
 ]
 
-#: Coordinate frames a scene file can be stored in (see :mod:`mlsharp.splat.common`).
-FRAMES: tuple[str, ...] = ("opencv", "opengl")
+#: Coordinate frames a scene file can be stored in (defined in :mod:`mlsharp.choices`).
+FRAMES: tuple[str, ...] = FRAME_CHOICES
 #: The SPZ versions the ``spz`` writer produces (``version=``, ``--spz-version``).
 SPZ_VERSIONS: tuple[int, ...] = (2, 3, 4)
 #: How the ``glb`` writer stores the splats (``compression=``, ``--glb-compression``).

@@ -38,6 +38,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import stat
 import threading
 import warnings
@@ -69,7 +70,7 @@ SUPPORTED_EXTENSIONS: tuple[str, ...] = (
 )  # fmt: skip
 """File-name extensions (lower case, with the dot) worth trying when scanning a folder."""
 
-FocalSource = Literal["user", "exif_35mm", "exif_focal_length", "default"]
+FocalSource = Literal["user", "exif_35mm", "exif_focal_length", "default", "panorama"]
 ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
 
 _PIL_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF", "HEIF")  # JPEG covers MPO
@@ -97,6 +98,7 @@ class LoadedImage:
     focal_source: FocalSource
     name: str
     format: str = ""
+    projection: str | None = None
 
     @property
     def width(self) -> int:
@@ -151,10 +153,11 @@ def load_image(
     _check_limit("max_bytes", max_bytes)
     label = _clean_name(name if name is not None else _default_name(source))
     with _open_source(source, label, max_bytes) as fp:
-        pixels, exif, fmt = _decode(fp, label, max_pixels)
+        pixels, exif, fmt, projection = _decode(fp, label, max_pixels)
     pixels = _apply_orientation(pixels, exif.get("Orientation"))
+    origin: FocalSource = "user"
     if user_focal is not None:
-        f35, origin = user_focal, "user"
+        f35 = user_focal
     else:
         f35, origin = _focal_from_exif(exif)
     height, width = pixels.shape[:2]
@@ -165,6 +168,7 @@ def load_image(
         focal_source=origin,
         name=label,
         format=fmt,
+        projection=projection,
     )
 
 
@@ -273,8 +277,11 @@ def _register_heif() -> None:
         _heif_registered = True
 
 
-def _decode(fp: BinaryIO, label: str, max_pixels: int | None) -> tuple[np.ndarray, dict, str]:
-    """Open, size-check, fully decode and convert; returns (pixels, merged EXIF, format)."""
+def _decode(
+    fp: BinaryIO, label: str, max_pixels: int | None
+) -> tuple[np.ndarray, dict, str, str | None]:
+    """Open, size-check, fully decode and convert; returns (pixels, merged EXIF, format,
+    GPano projection type)."""
     _register_heif()
     img = _open_lazily(fp, label)
     with img:
@@ -282,6 +289,7 @@ def _decode(fp: BinaryIO, label: str, max_pixels: int | None) -> tuple[np.ndarra
         try:
             img.load()
             exif = _read_exif(img)
+            projection = _gpano_projection(img)
             pixels = _to_rgb_array(img)
         except MlsharpError:
             raise
@@ -289,7 +297,7 @@ def _decode(fp: BinaryIO, label: str, max_pixels: int | None) -> tuple[np.ndarra
             raise ImageTooLarge(f"{label} is too large: {_reason(exc)}") from exc
         except Exception as exc:
             raise InvalidImage(f"cannot read {label}: {_reason(exc)}") from exc
-        return pixels, exif, str(img.format or "")
+        return pixels, exif, str(img.format or ""), projection
 
 
 def _open_lazily(fp: BinaryIO, label: str) -> Image.Image:
@@ -335,6 +343,35 @@ def _read_exif(img: Image.Image) -> dict[str, Any]:
     except Exception:  # corrupt EXIF: the pixels are still fine
         return {}
     return merged
+
+
+#: ``GPano:ProjectionType`` as an XMP attribute or element, e.g. ``="equirectangular"``.
+_GPANO_PROJECTION = re.compile(rb"GPano:ProjectionType\s*(?:=\s*[\"']|>)\s*([A-Za-z_-]{1,40})")
+#: Bytes of an XMP packet searched for it (real packets are a few KiB).
+_MAX_XMP_BYTES = 1 << 20
+
+
+def _gpano_projection(img: Image.Image) -> str | None:
+    """The GPano ``ProjectionType`` of the image's XMP packet (lower case), if any.
+
+    Pillow keeps XMP as ``info["xmp"]`` (JPEG, WebP, HEIF) or the PNG text chunk
+    ``XML:com.adobe.xmp``; older JPEG readers only list the APP1 segment.
+    """
+    packets: list[bytes] = []
+    for key in ("xmp", "XML:com.adobe.xmp"):
+        value = img.info.get(key)
+        if isinstance(value, str):
+            value = value.encode("utf-8", "replace")
+        if isinstance(value, (bytes, bytearray)):
+            packets.append(bytes(value[:_MAX_XMP_BYTES]))
+    for marker, segment in getattr(img, "applist", []):
+        if marker == "APP1" and segment.startswith(b"http://ns.adobe.com/xap/1.0/"):
+            packets.append(segment[:_MAX_XMP_BYTES])
+    for packet in packets:
+        match = _GPANO_PROJECTION.search(packet)
+        if match:
+            return match.group(1).decode("ascii").lower()
+    return None
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:

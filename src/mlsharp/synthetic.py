@@ -187,7 +187,7 @@ def tensors_sha256(tensors: Mapping[str, Any] | Iterable[Any]) -> str:
     values = tensors.values() if isinstance(tensors, Mapping) else tensors
     digest = hashlib.sha256()
     for tensor in values:
-        digest.update(memoryview(_as_le_float32(tensor)).cast("B"))
+        digest.update(_as_le_float32(tensor).data.cast("B"))
     return digest.hexdigest()
 
 
@@ -198,7 +198,7 @@ def _generate(entries: Iterable[ManifestEntry], digest: Any = None) -> dict[str,
     state: dict[str, torch.Tensor] = {}
     for key, array in iter_synthetic_tensors(entries):
         if digest is not None:
-            digest.update(memoryview(_as_le_float32(array)).cast("B"))
+            digest.update(_as_le_float32(array).data.cast("B"))
         state[key] = torch.from_numpy(array)  # shares memory: no second copy
     return state
 

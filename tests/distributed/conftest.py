@@ -1,8 +1,8 @@
 """Fixtures for the scale-out tests: real servers on free 127.0.0.1 ports.
 
-* ``redis_server``: Debian's ``redis-server`` (no persistence), stoppable and restartable
-  on the same port (Redis-down tests). Missing binary: the tests skip with the reason,
-  except under ``CI=true`` where they fail (CI installs it, see .ci/run).
+* ``redis_server`` (tests/conftest.py): Debian's ``redis-server`` (no persistence),
+  stoppable and restartable on the same port (Redis-down tests). Missing binary: the
+  tests skip with the reason, except under ``CI=true`` where they fail (see .ci/run).
 * ``moto_s3``: ``moto_server`` (``moto[server]``), a real S3 HTTP endpoint.
 * ``cluster``: starts ``mlsharp serve --queue`` and ``mlsharp worker`` child processes
   sharing one data directory; everything is killed at teardown.
@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,92 +29,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.servers import RedisServer, missing, wait_port
 from tests.service.conftest import free_port, jpeg_bytes
 
-__all__ = ["free_port", "jpeg_bytes"]
+__all__ = ["RedisServer", "free_port", "jpeg_bytes"]
 
-REDIS_SERVER = shutil.which("redis-server")
 MOTO_SERVER = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-
-
-def _missing(reason: str) -> None:
-    """Skip locally; fail in CI, where every dependency must be present."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (required in CI)")
-    pytest.skip(reason)
-
-
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-
-
-@dataclass
-class RedisServer:
-    """A redis-server child process; ``stop()``/``start()`` keep the port."""
-
-    port: int
-    workdir: Path
-    process: subprocess.Popen | None = None
-    #: Append-only file fsynced on every write: data survives kill -9 and a restart.
-    persistent: bool = False
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if self.persistent else "no",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.workdir),
-                "--daemonize",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        _wait_port(self.port)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
-
-    def client(self) -> Any:
-        import redis
-
-        return redis.Redis.from_url(self.url)
-
-
-@pytest.fixture()
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A fresh, empty redis-server for one test."""
-    if REDIS_SERVER is None:
-        _missing("redis-server is not installed (apt-get install redis-server)")
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    server = RedisServer(free_port(), workdir)
-    server.start()
-    yield server
-    server.stop()
 
 
 @dataclass
@@ -152,7 +71,7 @@ class MotoS3:
 def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
     """``moto_server`` on a free port with an empty bucket."""
     if not Path(MOTO_SERVER).exists():
-        _missing("moto_server is not installed (pip install 'moto[server]')")
+        missing("moto_server is not installed (pip install 'moto[server]')")
     port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:
@@ -160,7 +79,7 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
             [MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
         )
     try:
-        _wait_port(port, 60)
+        wait_port(port, 60)
         s3 = MotoS3(f"http://127.0.0.1:{port}")
         s3.client().create_bucket(Bucket=s3.bucket)
         yield s3
@@ -370,30 +289,31 @@ def job_record(queue_url: str, job_id: str) -> Any:
     """The job's record as stored in Redis (attempts included)."""
     import redis
 
-    from mlsharp.service.distributed.job_store import RedisJobStore
+    from mlsharp.service.jobs.redis import RedisJobStore
 
-    store = RedisJobStore(redis.Redis.from_url(queue_url), "mlsharp")
+    client = redis.Redis.from_url(queue_url)
     try:
-        job = store.get(job_id)
+        job = RedisJobStore(client, "mlsharp").get(job_id)
         assert job is not None, f"no record of {job_id}"
         return job
     finally:
-        store.close()
+        client.close()
 
 
 def wait_webhooks_settled(queue_url: str, timeout: float = 30) -> int:
-    """Poll Redis until no webhook delivery is pending; assert each delivery was sent
-    exactly once (one attempt); returns how many deliveries there are.
+    """Poll Redis until no event waits in the outbox and no webhook delivery is pending;
+    assert each delivery was sent exactly once (one attempt); returns how many deliveries
+    there are.
 
-    Call it once the jobs are finished: their deliveries were created in the same
-    transaction as their final state, so none can appear later.
+    Call it once the jobs are finished: their outbox entries were committed with their
+    final state, so no event can appear later.
     """
     import redis
 
     client = redis.Redis.from_url(queue_url)
     try:
         deadline = time.monotonic() + timeout
-        while client.zcard("mlsharp:wh:due"):
+        while client.zcard("mlsharp:outbox") or client.zcard("mlsharp:wh:due"):
             assert time.monotonic() < deadline, "webhook deliveries still pending"
             time.sleep(0.05)
         deliveries = list(client.scan_iter("mlsharp:wh:delivery:*", count=1000))

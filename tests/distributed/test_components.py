@@ -20,30 +20,36 @@ def client(redis_server):
     redis.close()
 
 
-def _store(redis_server, queued=None):
-    from mlsharp.service.distributed.job_store import RedisJobStore
+def _store(redis_server):
+    from mlsharp.service.jobs.redis import RedisJobStore
 
-    return RedisJobStore(redis_server.client(), "t", on_queued=queued)
+    return RedisJobStore(redis_server.client(), "t")
+
+
+def _webhooks(redis_server):
+    from mlsharp.service.webhooks import WebhookService
+    from mlsharp.service.webhooks.redis import RedisWebhookStore
+
+    return WebhookService(RedisWebhookStore(redis_server.client(), "t"), allow_private=True)
 
 
 def test_store_shared_between_instances_with_idempotency(redis_server):
-    from mlsharp.service.distributed.job_store import DuplicateJob
+    from mlsharp.service.jobs import DuplicateJob
 
-    enqueued: list[str] = []
-    one, two = _store(redis_server, lambda j: enqueued.append(j.id)), _store(redis_server)
+    one, two = _store(redis_server), _store(redis_server)
     first = one.add(JobRecord(id="job_a", owner="k1", idempotency_key="abc", created_at=1.0))
     one.add(JobRecord(id="job_b", created_at=2.0))
-    assert enqueued == ["job_a", "job_b"]
+    assert two.settled(["job_a", "job_b"]) == {"job_a", "job_b"}  # their messages are due
     assert two.get("job_a") == first
     assert two.find_idempotent("k1", "abc") == first
     with pytest.raises(DuplicateJob):
         two.add(JobRecord(id="job_c", owner="k1", idempotency_key="abc"))
     assert two.counts() == {"queued": 2, "running": 0, "succeeded": 0, "failed": 0, "canceled": 0}
-    page, total = two.list(limit=1)
+    page, total = two.page(limit=1)
     assert total == 2 and [j.id for j in page] == ["job_b"]
-    assert [j.id for j in two.list(limit=10, owner="k1")[0]] == ["job_a"]
+    assert [j.id for j in two.page(limit=10, owner="k1")[0]] == ["job_a"]
     assert two.cancel_queued("job_b").status is JobStatus.CANCELED
-    assert one.list(limit=10, status=JobStatus.CANCELED)[0][0].id == "job_b"
+    assert one.page(limit=10, status=JobStatus.CANCELED)[0][0].id == "job_b"
     assert one.expired(time.time() + 1) == ["job_b"]
     one.delete("job_a")
     assert two.get("job_a") is None and two.find_idempotent("k1", "abc") is None
@@ -53,12 +59,12 @@ def test_redelivery_is_fenced_and_completes_once(redis_server):
     """Deliveries of one job: a duplicate while its run's lease is alive is skipped (not
     an attempt); a run whose lease is gone is taken over only when asked to; the older
     run, still alive, may record the first result; one webhook delivery in all."""
-    from mlsharp.service.distributed.job_store import BUSY, ORPHAN, RUN, SKIP, LeaseLost
-    from mlsharp.service.distributed.webhooks import RedisWebhookService
+    from mlsharp.service.jobs import LeaseLost
+    from mlsharp.service.jobs.transitions import BUSY, ORPHAN, RUN, SKIP
 
     store = _store(redis_server)
     redis = redis_server.client()
-    hooks = RedisWebhookService(redis_server.client(), "t", allow_private=True)
+    hooks = _webhooks(redis_server)
     hook = hooks.create("http://127.0.0.1:9/hook", ["job.succeeded"])
     store.add(JobRecord(id="job_x"))
     outcome, first = store.start_attempt("job_x", max_attempts=3)
@@ -74,21 +80,19 @@ def test_redelivery_is_fenced_and_completes_once(redis_server):
     outcome, second = store.start_attempt("job_x", max_attempts=3, take_over=True)
     assert outcome == RUN and second.attempts == 2
 
-    def deliveries(pipe, final):
-        hooks.stage(pipe, "job.succeeded", {"id": final.id}, None, f"{final.id}:done")
-
     # The older run keeps going without writing stages; it may not retry or fail the job.
     assert store.advance("job_x", 1, "inference").stage == "decode"
     assert store.advance("job_x", 2, "inference").stage == "inference"
-    assert store.finish("job_x", 1, deliveries, status=JobStatus.FAILED) is None
+    assert store.finish("job_x", 1, status=JobStatus.FAILED) is None
     assert store.requeue("job_x", 1, delay_seconds=1) is None
     # ... but its result is as good as the newer run's: the first result wins.
-    done = store.finish("job_x", 1, deliveries, status=JobStatus.SUCCEEDED, outputs={"ply": "a"})
+    done = store.finish("job_x", 1, status=JobStatus.SUCCEEDED, outputs={"ply": "a"})
     assert done is not None and done.status is JobStatus.SUCCEEDED and done.attempts == 2
     with pytest.raises(LeaseLost):
         store.advance("job_x", 2, "write")
-    assert store.finish("job_x", 2, deliveries, status=JobStatus.SUCCEEDED) is None
+    assert store.finish("job_x", 2, status=JobStatus.SUCCEEDED) is None
     assert store.start_attempt("job_x", max_attempts=3)[0] == SKIP
+    assert hooks.relay() == 1  # the outbox held the one event of the job's end
     assert len(hooks.deliveries(hook.id)) == 1
     assert store.get("job_x").outputs == {"ply": "a"}
     assert not redis.exists("t:lease:job_x")
@@ -96,36 +100,38 @@ def test_redelivery_is_fenced_and_completes_once(redis_server):
 
 def test_exhausted_job_fails_with_its_webhook_in_the_same_commit(redis_server):
     """A job whose runs all died is failed on its next delivery, the last error kept, and
-    its job.failed delivery is created by the same transaction."""
-    from mlsharp.service.distributed.job_store import EXHAUSTED
-    from mlsharp.service.distributed.webhooks import RedisWebhookService
+    its job.failed event enters the outbox in the same transaction."""
+    from mlsharp.service.jobs.transitions import EXHAUSTED
 
     store = _store(redis_server)
-    hooks = RedisWebhookService(redis_server.client(), "t", allow_private=True)
+    hooks = _webhooks(redis_server)
     hook = hooks.create("http://127.0.0.1:9/hook", ["job.failed"])
     store.add(JobRecord(id="job_y", attempts=3, error={"code": "x", "message": "boom"}))
 
-    def deliveries(pipe, final):
-        hooks.stage(pipe, "job.failed", {"id": final.id}, None, f"{final.id}:job.failed")
-
-    outcome, job = store.start_attempt("job_y", max_attempts=3, deliveries=deliveries)
+    outcome, job = store.start_attempt("job_y", max_attempts=3)
     assert outcome == EXHAUSTED and job.status is JobStatus.FAILED
     assert job.error["code"] == "too_many_attempts" and "boom" in job.error["message"]
+    assert hooks.relay() == 1
     [delivery] = hooks.deliveries(hook.id)
-    assert delivery.event == "job.failed" and delivery.payload["data"] == {"id": "job_y"}
+    assert delivery.event == "job.failed" and delivery.payload["data"]["id"] == "job_y"
 
 
 def test_a_job_whose_send_fails_stays_stored_for_the_reconciler(redis_server):
-    import redis as redis_lib
+    """The record and its sending mark commit first; a send that fails then (Redis gone)
+    is logged, not raised: the reconciler sends the job once the mark expires."""
+    from mlsharp.config import Settings
+    from mlsharp.service.metrics import Metrics
+    from mlsharp.service.queue.dramatiq import DramatiqQueue
 
-    def refuse(job):
-        raise redis_lib.exceptions.ConnectionError("Redis went away")
-
-    store = _store(redis_server, refuse)
+    store = _store(redis_server)
+    settings = Settings(queue=redis_server.url, queue_namespace="t")
+    queue = DramatiqQueue(settings, redis_server.client(), store, Metrics())
     job = store.add(JobRecord(id="job_s"))
     assert store.get("job_s") == job
     assert 0 < redis_server.client().pttl("t:sending:job_s") <= 30_000
     assert store.settled(["job_s"]) == {"job_s"}
+    redis_server.stop()
+    queue.send(job)  # Redis went away: logged
 
 
 def test_reconciler_resends_lost_messages_and_fails_dead_ones(redis_server):
@@ -134,41 +140,40 @@ def test_reconciler_resends_lost_messages_and_fails_dead_ones(redis_server):
     from dramatiq import Message
 
     from mlsharp.config import Settings
-    from mlsharp.service.distributed.job_store import RedisJobStore
-    from mlsharp.service.distributed.queue import JobQueue
-    from mlsharp.service.distributed.reconcile import Reconciler, outcome_deliveries
-    from mlsharp.service.distributed.webhooks import RedisWebhookService
+    from mlsharp.service.jobs.redis import RedisJobStore
+    from mlsharp.service.queue.dramatiq import TaskBroker
+    from mlsharp.service.queue.reconcile import Reconciler
 
     grace = 0.3
     settings = Settings(queue=redis_server.url, queue_namespace="t", queue_grace_seconds=grace)
-    queue = JobQueue(settings, redis_server.client())
-    send = queue.enqueue
-    store = RedisJobStore(redis_server.client(), "t", on_queued=send, grace_seconds=grace)
-    hooks = RedisWebhookService(redis_server.client(), "t", allow_private=True)
+    queue = TaskBroker(settings, redis_server.client())
+    store = RedisJobStore(redis_server.client(), "t", grace_seconds=grace)
+    hooks = _webhooks(redis_server)
     hook = hooks.create("http://127.0.0.1:9/hook", ["job.failed"])
     broker = queue.broker
 
+    def submit(job_id: str) -> None:  # stored, then its message sent (as a submission)
+        queue.enqueue(store.add(JobRecord(id=job_id)))
+
     # running, then its message acked although the job never finished: no lease either
-    store.add(JobRecord(id="job_acked"))
+    submit("job_acked")
     store.start_attempt("job_acked", max_attempts=3)
     [raw] = broker.do_fetch("jobs", 1)
     broker.do_ack("jobs", Message.decode(raw).options["redis_message_id"])
     redis_server.client().delete("t:lease:job_acked")
     # dead-lettered: the queue's retries ran out while the job stayed queued
-    store.add(JobRecord(id="job_dead"))
+    submit("job_dead")
     [raw] = broker.do_fetch("jobs", 1)
     broker.do_nack("jobs", Message.decode(raw).options["redis_message_id"])
     # stored, but the API died before sending its message
-    store.on_queued = None
     store.add(JobRecord(id="job_lost"))
     store.mark_sending("job_lost")
-    store.on_queued = send
     # waiting in the queue, and running with a live lease (its message fetched)
-    store.add(JobRecord(id="job_waiting"))
-    store.add(JobRecord(id="job_running"))
+    submit("job_waiting")
+    submit("job_running")
     store.start_attempt("job_running", max_attempts=3)
 
-    reconciler = Reconciler(store, queue, outcome_deliveries(hooks, ""), grace_seconds=grace)
+    reconciler = Reconciler(store, queue, grace_seconds=grace)
     # job_acked has no mark (its run started): sent at once; the others' are fresh.
     assert reconciler.sweep() == {"resent": 1, "failed": 0}
     assert reconciler.sweep() is None  # the lock: one sweep per interval in the cluster
@@ -182,6 +187,7 @@ def test_reconciler_resends_lost_messages_and_fails_dead_ones(redis_server):
     assert states["job_acked"] == states["job_lost"] == "live"
     dead = store.get("job_dead")
     assert dead.status is JobStatus.FAILED and dead.error["code"] == "queue_message_dead"
+    hooks.relay()
     assert [d.event for d in hooks.deliveries(hook.id)] == ["job.failed"]
     assert store.get("job_running").status is JobStatus.RUNNING
     # A second sweep sends nothing more: the resent jobs are marked as sending.
@@ -190,10 +196,11 @@ def test_reconciler_resends_lost_messages_and_fails_dead_ones(redis_server):
 
 
 def test_rate_limit_is_shared(redis_server):
-    from mlsharp.service.distributed.limiter import RedisTokenBucket
+    from mlsharp.service.limits import TokenBucketLimiter
+    from mlsharp.service.limits.redis import RedisBuckets
 
-    a = RedisTokenBucket(redis_server.client(), "t", 3, 60.0)
-    b = RedisTokenBucket(redis_server.client(), "t", 3, 60.0)
+    a = TokenBucketLimiter(RedisBuckets(redis_server.client(), "t"), 3, 60.0)
+    b = TokenBucketLimiter(RedisBuckets(redis_server.client(), "t"), 3, 60.0)
     a.check("alice")
     b.check("alice")
     a.check("alice")
@@ -204,12 +211,13 @@ def test_rate_limit_is_shared(redis_server):
 
 
 def test_cache_is_shared(redis_server, tmp_path: Path):
-    from mlsharp.service.distributed.blobs import LocalBlobs
-    from mlsharp.service.distributed.cache import RedisResultCache
+    from mlsharp.service.cache import ResultCache
+    from mlsharp.service.cache.redis import RedisCacheIndex
+    from mlsharp.service.files.local import LocalBlobs
 
     blobs = LocalBlobs(tmp_path / "shared")
-    a = RedisResultCache(redis_server.client(), "t", blobs, max_bytes=250)
-    b = RedisResultCache(redis_server.client(), "t", blobs, max_bytes=250)
+    a = ResultCache(RedisCacheIndex(redis_server.client(), "t"), blobs, max_bytes=250)
+    b = ResultCache(RedisCacheIndex(redis_server.client(), "t"), blobs, max_bytes=250)
     src = tmp_path / "r.ply"
     src.write_bytes(b"x" * 100)
     a.put("aa" * 32, {"ply": src})
@@ -226,19 +234,20 @@ def test_cache_is_shared(redis_server, tmp_path: Path):
 
 
 def test_webhooks_dispatched_once_across_instances(redis_server, webhook_receiver):
-    from mlsharp.service.distributed.webhooks import RedisWebhookService
+    """Three instances relay the outbox and dispatch at once: each job's event is sent
+    exactly once, signed; a job updated after its end publishes nothing more."""
     from mlsharp.service.webhooks import verify
 
-    services = [
-        RedisWebhookService(redis_server.client(), "t", allow_private=True) for _ in range(3)
-    ]
+    store = _store(redis_server)
+    services = [_webhooks(redis_server) for _ in range(3)]
     hook = services[0].create(webhook_receiver.url, ["job.succeeded"])
     for service in services:
         service.start()
     try:
-        for i in range(15):
-            services[i % 3].publish("job.succeeded", {"id": f"job_{i}"}, dedupe_key=f"{i}")
-        services[1].publish("job.succeeded", {"id": "job_0"}, dedupe_key="0")  # a duplicate
+        for i in range(15):  # finished at birth, as cache hits are: in the outbox at once
+            done = JobRecord(id=f"job_{i}", status=JobStatus.SUCCEEDED, finished_at=time.time())
+            store.add(done)
+        store.update("job_0", status=JobStatus.SUCCEEDED)  # ended already: no second event
         assert services[2].wait_idle(20)
         time.sleep(0.5)
     finally:
@@ -253,10 +262,11 @@ def test_webhooks_dispatched_once_across_instances(redis_server, webhook_receive
 
 
 def test_redis_down_is_a_503(redis_server):
-    from mlsharp.service.distributed.limiter import RedisTokenBucket
+    from mlsharp.service.limits import TokenBucketLimiter
+    from mlsharp.service.limits.redis import RedisBuckets
 
     store = _store(redis_server)
-    limiter = RedisTokenBucket(redis_server.client(), "t", 3, 60.0)
+    limiter = TokenBucketLimiter(RedisBuckets(redis_server.client(), "t"), 3, 60.0)
     redis_server.stop()
     for call in (lambda: store.get("job_x"), store.counts, lambda: limiter.check("a")):
         with pytest.raises(ServiceUnavailable) as error:
@@ -269,8 +279,8 @@ def test_embedded_mode_imports_no_distributed_dependency(tmp_path: Path):
         "import sys\n"
         "from mlsharp.config import Settings\n"
         "from mlsharp.service.app import create_app\n"
-        "from mlsharp.service.state import ServiceState\n"
-        f"state = ServiceState.build(Settings(data_dir={str(tmp_path)!r}))\n"
+        "from mlsharp.service.backends import build_state\n"
+        f"state = build_state(Settings(data_dir={str(tmp_path)!r}))\n"
         "create_app(state.settings)\n"
         "state.close()\n"
         "bad = [m for m in ('redis', 'dramatiq', 'boto3') if m in sys.modules]\n"

@@ -79,7 +79,7 @@ def test_lost_and_duplicate_messages_complete_once(cluster, redis_server, webhoo
     import redis
 
     from mlsharp.config import Settings
-    from mlsharp.service.distributed.queue import JobQueue
+    from mlsharp.service.queue.dramatiq import TaskBroker
 
     cluster.env.update(MLSHARP_QUEUE_GRACE_SECONDS="1")
     api = cluster.api()
@@ -88,7 +88,7 @@ def test_lost_and_duplicate_messages_complete_once(cluster, redis_server, webhoo
     ).raise_for_status()
     lost = [submit(api.url, (20 * i, 9, 9)) for i in range(3)]
     doubled = submit(api.url, (9, 9, 250))
-    queue = JobQueue(Settings(queue=redis_server.url), redis.Redis.from_url(redis_server.url))
+    queue = TaskBroker(Settings(queue=redis_server.url), redis.Redis.from_url(redis_server.url))
     queue.broker.flush("jobs")  # every message is gone; the records stay queued
     for _ in range(3):
         queue.actor.send(doubled)  # and one job gets three

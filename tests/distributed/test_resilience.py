@@ -25,7 +25,7 @@ def _finished(job_id: str, hours_ago: float = 1.0) -> JobRecord:
 
 
 def _store(redis_server):
-    from mlsharp.service.distributed.job_store import RedisJobStore
+    from mlsharp.service.jobs.redis import RedisJobStore
 
     return RedisJobStore(redis_server.client(), "mlsharp")
 
@@ -60,8 +60,8 @@ def test_purge_deletes_files_before_the_record(redis_server, moto_s3, tmp_path):
     """S3 refuses the deletion: the record stays (the next sweep retries) instead of
     leaving objects nothing points to."""
     from mlsharp.errors import ServiceUnavailable
-    from mlsharp.service.state import ServiceState
-    from mlsharp.service.worker import purge_expired
+    from mlsharp.service.backends import build_state
+    from mlsharp.service.jobs.runner import purge_expired
 
     env = moto_s3.env()
     settings = Settings(
@@ -75,7 +75,7 @@ def test_purge_deletes_files_before_the_record(redis_server, moto_s3, tmp_path):
         s3_secret_access_key="testing",
         result_ttl_hours=0.01,
     )
-    state = ServiceState.build(settings)
+    state = build_state(settings)
     try:
         state.store.add(_finished("job_old"))
         with pytest.raises(ServiceUnavailable, match="NoSuchBucket"):
@@ -103,7 +103,7 @@ def test_metrics_degrade_while_redis_is_down(redis_server, tmp_path):
 
 
 def test_s3_cache_copies_stay_within_their_budget(moto_s3, tmp_path):
-    from mlsharp.service.distributed.blobs import S3Blobs
+    from mlsharp.service.files.s3 import S3Blobs
 
     env = moto_s3.env()
     settings = Settings(

@@ -20,7 +20,8 @@ import pytest
 import mlsharp
 from mlsharp.errors import MlsharpError
 from mlsharp.service.http_errors import _CODES_BY_STATUS
-from mlsharp.service.jobs import JobStatus, SQLiteJobStore
+from mlsharp.service.jobs import JobStatus
+from mlsharp.service.jobs.sqlite import SQLiteJobStore
 from tests.conftest import REPO
 from tests.e2e.helpers import photo_bytes
 

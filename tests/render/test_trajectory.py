@@ -11,8 +11,10 @@ from mlsharp.errors import ConfigError
 from mlsharp.gaussians import Gaussians
 from mlsharp.render.camera import camera_at, look_at, output_size, photo_intrinsics
 from mlsharp.render.trajectory import (
+    PHOTO_TRAJECTORIES,
     TRAJECTORIES,
     eye_offsets,
+    free_distance,
     make_trajectory,
     max_offsets,
     scene_depths,
@@ -34,7 +36,7 @@ def depth_scene(z_values, *, focal=800.0, size=(1024, 768)) -> Gaussians:
     )
 
 
-@pytest.mark.parametrize("kind", TRAJECTORIES)
+@pytest.mark.parametrize("kind", PHOTO_TRAJECTORIES)
 def test_every_path_is_a_closed_loop(kind):
     amplitude = np.array([0.3, 0.2, 0.5])
     start, end = eye_offsets(kind, np.array([0.0, 1.0]), amplitude)
@@ -57,7 +59,7 @@ def test_orbit_returns_to_its_first_camera_after_the_last_frame():
     assert steps[0] > 0
 
 
-@pytest.mark.parametrize("kind", TRAJECTORIES)
+@pytest.mark.parametrize("kind", PHOTO_TRAJECTORIES)
 def test_every_camera_looks_at_the_focus_point_and_stays_upright(kind):
     g = depth_scene(np.linspace(1.0, 10.0, 1000))
     focus = scene_depths(g).focus
@@ -125,3 +127,43 @@ def test_bad_trajectory_arguments_are_config_errors():
         make_trajectory(g, "orbit", 0, (64, 64))
     with pytest.raises(ConfigError, match="unknown trajectory"):
         make_trajectory(g, "zoom", 10, (64, 64))  # type: ignore[arg-type]
+
+
+def test_turn_spins_in_place_from_forward_to_the_right():
+    g = depth_scene(np.linspace(1.0, 10.0, 100))
+    cams = make_trajectory(g, "turn", 8, (320, 240))
+    forward = np.array([cam.rotation[2] for cam in cams])
+    for cam in cams:
+        np.testing.assert_allclose(cam.position, 0.0, atol=1e-12)  # in place
+        assert cam.rotation[1, 1] == pytest.approx(1.0)  # upright, level
+    yaws = np.degrees(np.arctan2(forward[:, 0], forward[:, 2])) % 360
+    np.testing.assert_allclose(yaws, np.arange(8) * 45.0, atol=1e-9)  # +z, then right (+x)
+    np.testing.assert_allclose(forward[2], [1, 0, 0], atol=1e-12)
+
+
+def test_walk_goes_forward_and_back_short_of_what_is_ahead():
+    # Splats ahead (within 30° of +z) at 4..8 m, others at 1 m beside the path.
+    ahead = np.stack([np.zeros(500), np.zeros(500), np.linspace(4, 8, 500)], -1)
+    beside = np.tile([1.0, 0.0, 0.0], (500, 1))
+    g = depth_scene(np.zeros(1000))
+    g.positions = np.vstack([ahead, beside]).astype(np.float32)
+    free = free_distance(g)
+    assert free == pytest.approx(np.quantile(np.linspace(4, 8, 500), 0.1), rel=1e-6)
+    frames = 12
+    cams = make_trajectory(g, "walk", frames, (320, 240))
+    eyes = np.array([cam.position for cam in cams])
+    np.testing.assert_allclose(eyes[:, :2], 0.0, atol=1e-12)
+    assert eyes[0, 2] == 0.0 and eyes[:, 2].max() == pytest.approx(0.3 * free)
+    np.testing.assert_allclose(eyes[1:, 2], eyes[:0:-1, 2], atol=1e-12)  # back the same way
+    forward = np.array([cam.rotation[2] for cam in cams])
+    glance = np.degrees(np.arctan2(forward[:, 0], forward[:, 2]))
+    assert np.abs(glance).max() == pytest.approx(20.0, abs=1.0) and forward[:, 2].min() > 0.9
+
+
+def test_a_panorama_scene_turns_by_default():
+    from mlsharp.commands.render import default_trajectory
+
+    g = depth_scene([1.0, 2.0])
+    assert default_trajectory(g) == "orbit"
+    g.metadata["panorama"] = True
+    assert default_trajectory(g) == "turn"

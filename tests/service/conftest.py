@@ -236,3 +236,98 @@ def serve_process(tmp_path: Path, tiny_checkpoint: Path) -> Iterator[Any]:
         if handle.process.poll() is None:
             handle.process.kill()
             handle.process.wait(10)
+
+
+# -- the same tests over each backend (dramatiq's conftest does this with its brokers) --
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path: Path) -> Iterator[Any]:
+    """A job store of each backend: SQLite (embedded) or Redis (scale-out)."""
+    if request.param == "sqlite":
+        from mlsharp.service.jobs.sqlite import SQLiteJobStore
+
+        made = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    else:
+        from mlsharp.service.jobs.redis import RedisJobStore
+
+        made = RedisJobStore(request.getfixturevalue("redis_server").client(), "t")
+    yield made
+    made.close()
+
+
+@pytest.fixture()
+def second_store(store, tmp_path: Path):
+    """``second()``: another store over the same data (another process, in effect)."""
+    made: list[Any] = []
+
+    def second() -> Any:
+        if hasattr(store, "claim_next"):
+            from mlsharp.service.jobs.sqlite import SQLiteJobStore
+
+            made.append(SQLiteJobStore(tmp_path / "jobs.sqlite3"))
+        else:
+            from mlsharp.service.jobs.redis import RedisJobStore
+
+            made.append(RedisJobStore(store.client.__class__.from_url(_redis_url(store)), "t"))
+        return made[-1]
+
+    yield second
+    for one in made:
+        one.close()
+
+
+def _redis_url(store: Any) -> str:
+    kwargs = store.client.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+
+@pytest.fixture()
+def sqlite_store(tmp_path: Path) -> Iterator[Any]:
+    """The embedded store alone (what only it does: it is the embedded queue)."""
+    from mlsharp.service.jobs.sqlite import SQLiteJobStore
+
+    made = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    yield made
+    made.close()
+
+
+@pytest.fixture()
+def webhooks_on(tmp_path: Path):
+    """``webhooks_on(store)``: a webhook service over the same backend and data as a job
+    store (so it relays that store's outbox)."""
+    made: list[Any] = []
+
+    def build(store: Any) -> Any:
+        from mlsharp.service.webhooks import WebhookService
+
+        if hasattr(store, "claim_next"):
+            from mlsharp.service.webhooks.sqlite import SQLiteWebhookStore
+
+            hooks = SQLiteWebhookStore(store.path)
+        else:
+            from mlsharp.service.webhooks.redis import RedisWebhookStore
+
+            hooks = RedisWebhookStore(store.client, "t")
+        made.append(WebhookService(hooks, allow_private=True))
+        return made[-1]
+
+    yield build
+    for one in made:
+        one.close()
+
+
+@pytest.fixture()
+def damage():
+    """``damage(store, job_id)``: overwrite a stored record with something malformed."""
+
+    def spoil(store: Any, job_id: str) -> None:
+        if hasattr(store, "claim_next"):
+            import sqlite3
+
+            with sqlite3.connect(store.path) as db:
+                db.execute("UPDATE jobs SET timings = '[1, 2' WHERE id = ?", (job_id,))
+        else:
+            store.client.set(f"t:job:{job_id}", '{"id": "' + job_id + '", "status": "exploded"}')
+
+    return spoil

@@ -96,12 +96,14 @@ CASES = [
 def fuzz_server(
     tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path
 ) -> Iterator[LiveServer]:
-    """One API-only server (no workers, no rate limit, a roomy queue) for the module."""
+    """One API-only server (no workers, no rate limit, a roomy queue, room for the
+    webhooks every fuzzed registration makes) for the module."""
     with run_live_server(
         tmp_path_factory.mktemp("fuzz"),
         tiny_checkpoint,
         workers=0,
         max_queue=1_000_000,
+        webhook_max_per_key=1000,
         rate_limit=None,
     ) as live:
         yield live

@@ -1,4 +1,9 @@
-"""The on-disk result cache: keys, hits and misses, LRU eviction, persistence, crashes."""
+"""The result cache: keys, hits and misses, LRU eviction, persistence, crashes.
+
+The cache's behaviour is tested over both indexes (``cache`` fixture: SQLite with local
+files, Redis with a shared folder); what only the embedded cache does (its layout on
+disk, persistence across restarts, the sweep of crash leftovers) over SQLite.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlsharp.service.cache import CacheStats, ResultCache, cache_key, link_or_copy
+from mlsharp._atomic import link_or_copy
+from mlsharp.service.cache import CacheStats, ResultCache, cache_key
+from mlsharp.service.cache.sqlite import local_cache
 
 PIXELS = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
 
@@ -38,12 +45,35 @@ def src(tmp_path: Path):
 
 
 def open_cache(root: Path, max_bytes: int = 10_000, **kwargs) -> ResultCache:
-    return ResultCache(root, max_bytes=max_bytes, **kwargs)
+    """The embedded cache under ``root``."""
+    return local_cache(root, max_bytes=max_bytes, **kwargs)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def make_cache(request, tmp_path: Path):
+    """``make(max_bytes=10_000, name="cache")``: caches of one backend, closed at the end."""
+    made: list[ResultCache] = []
+
+    def make(max_bytes: int = 10_000, name: str = "cache") -> ResultCache:
+        if request.param == "sqlite":
+            made.append(open_cache(tmp_path / name, max_bytes=max_bytes))
+        else:
+            from mlsharp.service.cache.redis import RedisCacheIndex
+            from mlsharp.service.files.local import LocalBlobs
+
+            redis = request.getfixturevalue("redis_server").client()
+            index = RedisCacheIndex(redis, f"t-{name}")
+            made.append(ResultCache(index, LocalBlobs(tmp_path / name), max_bytes=max_bytes))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.close()
 
 
 def entry_dir(cache: ResultCache, k: str) -> Path:
     """Where the cache keeps entry ``k`` (the documented layout)."""
-    return cache.root / "entries" / k[:2] / k
+    return cache.blobs.root / k[:2] / k  # type: ignore[union-attr]
 
 
 def cached_keys(cache: ResultCache, keys: list[str]) -> list[str]:
@@ -125,30 +155,28 @@ def test_link_or_copy_copies_across_filesystems(tmp_path: Path) -> None:
 # -- get / put / stats --------------------------------------------------------------------
 
 
-def test_miss_then_put_then_hit(tmp_path: Path, src) -> None:
-    cache = open_cache(tmp_path / "cache")
+def test_miss_then_put_then_hit(make_cache, tmp_path: Path, src) -> None:
+    cache = make_cache()
     assert cache.get(key(1), ["ply"]) is None
     ply = src(100, b"p")
     cache.put(key(1), {"ply": ply})
     hit = cache.get(key(1), ["ply"])
     assert hit is not None and set(hit) == {"ply"}
     assert hit["ply"].is_file() and hit["ply"].read_bytes() == ply.read_bytes()
-    assert hit["ply"].is_relative_to(tmp_path / "cache")
+    assert hit["ply"].is_relative_to(tmp_path)
     assert ply.read_bytes() == b"p" * 100  # the source is left in place
-    cache.close()
 
 
-def test_partial_format_set_is_a_miss(tmp_path: Path, src) -> None:
-    cache = open_cache(tmp_path / "cache")
+def test_partial_format_set_is_a_miss(make_cache, tmp_path: Path, src) -> None:
+    cache = make_cache()
     cache.put(key(1), {"ply": src(10)})
     assert cache.get(key(1), ["ply", "spz"]) is None
     assert cache.get(key(1), ["spz"]) is None
     assert cache.stats().misses == 2
-    cache.close()
 
 
-def test_put_merges_formats_and_replaces_same_format(tmp_path: Path, src) -> None:
-    cache = open_cache(tmp_path / "cache")
+def test_put_merges_formats_and_replaces_same_format(make_cache, tmp_path: Path, src) -> None:
+    cache = make_cache()
     cache.put(key(1), {"ply": src(10, b"1")})
     cache.put(key(1), {"spz": src(20, b"2")})
     both = cache.get(key(1), ["ply", "spz"])
@@ -158,11 +186,10 @@ def test_put_merges_formats_and_replaces_same_format(tmp_path: Path, src) -> Non
     assert cache.get(key(1), ["ply"])["ply"].read_bytes() == b"3" * 30
     stats = cache.stats()
     assert (stats.entries, stats.bytes) == (1, 50)
-    cache.close()
 
 
-def test_stats_counts_and_hit_rate(tmp_path: Path, src) -> None:
-    cache = open_cache(tmp_path / "cache", max_bytes=1234)
+def test_stats_counts_and_hit_rate(make_cache, tmp_path: Path, src) -> None:
+    cache = make_cache(max_bytes=1234)
     assert cache.stats() == CacheStats(True, 0, 0, 1234, 0, 0, 0.0)
     cache.put(key(1), {"ply": src(100)})
     cache.put(key(2), {"ply": src(50)})
@@ -171,23 +198,21 @@ def test_stats_counts_and_hit_rate(tmp_path: Path, src) -> None:
     cache.get(key(1), ["ply"])
     cache.get(key(3), ["ply"])
     assert cache.stats() == CacheStats(True, 2, 150, 1234, 3, 1, 0.75)
-    cache.close()
 
 
-def test_invalid_key_or_format_is_rejected(tmp_path: Path, src) -> None:
-    cache = open_cache(tmp_path / "cache")
+def test_invalid_key_or_format_is_rejected(make_cache, tmp_path: Path, src) -> None:
+    cache = make_cache()
     with pytest.raises(ValueError, match="key"):
         cache.get("../etc", ["ply"])
     with pytest.raises(ValueError, match="format"):
         cache.put(key(1), {"../ply": src(1)})
-    cache.close()
 
 
 # -- eviction -----------------------------------------------------------------------------
 
 
-def test_lru_eviction_by_bytes(tmp_path: Path, src) -> None:
-    cache = open_cache(tmp_path / "cache", max_bytes=300)
+def test_lru_eviction_by_bytes(make_cache, tmp_path: Path, src) -> None:
+    cache = make_cache(max_bytes=300)
     for i in (1, 2, 3):
         cache.put(key(i), {"ply": src(100)})
     assert cache.get(key(1), ["ply"]) is not None  # 2 is now the least recently used
@@ -199,42 +224,40 @@ def test_lru_eviction_by_bytes(tmp_path: Path, src) -> None:
     cache.put(key(5), {"ply": src(250)})  # evicts 1, 3 and 4 (oldest first) to fit
     assert cached_keys(cache, [key(i) for i in (1, 3, 4, 5)]) == [key(5)]
     assert cache.stats().bytes == 250
-    cache.close()
 
 
-def test_entry_bigger_than_max_bytes_is_not_kept(tmp_path: Path, src) -> None:
-    cache = open_cache(tmp_path / "cache", max_bytes=100)
+def test_entry_bigger_than_max_bytes_is_not_kept(make_cache, tmp_path: Path, src) -> None:
+    cache = make_cache(max_bytes=100)
     cache.put(key(1), {"ply": src(60)})
     cache.put(key(2), {"ply": src(101)})
     assert cached_keys(cache, [key(1), key(2)]) == [key(1)]  # nothing evicted for it
     cache.put(key(1), {"spz": src(50)})  # merged entry too big: dropped whole
     assert cached_keys(cache, [key(1)]) == []
     assert cache.stats().bytes == 0
-    cache.close()
 
-    zero = open_cache(tmp_path / "zero", max_bytes=0)
+    zero = make_cache(max_bytes=0, name="zero")
     zero.put(key(1), {"ply": src(0)})
     assert zero.get(key(1), ["ply"]) is None
     assert zero.stats().entries == 0
-    zero.close()
 
 
-def test_clear_frees_everything_and_resets_counters(tmp_path: Path, src) -> None:
-    cache = open_cache(tmp_path / "cache")
+def test_clear_frees_everything_and_resets_counters(make_cache, tmp_path: Path, src) -> None:
+    cache = make_cache()
     cache.put(key(1), {"ply": src(100)})
     cache.put(key(2), {"ply": src(23), "spz": src(7)})
     cache.get(key(1), ["ply"])
     cache.get(key(9), ["ply"])
     assert cache.clear() == 130
     assert cache.stats() == CacheStats(True, 0, 0, 10_000, 0, 0, 0.0)
-    assert list((tmp_path / "cache" / "entries").iterdir()) == []
+    assert list(cache.blobs.root.iterdir()) == []  # type: ignore[union-attr]
     cache.put(key(1), {"ply": src(5)})  # still usable
     assert cache.get(key(1), ["ply"]) is not None
-    cache.close()
 
 
-def test_callers_hard_link_survives_eviction_and_replacement(tmp_path: Path, src) -> None:
-    cache = open_cache(tmp_path / "cache", max_bytes=100)
+def test_callers_hard_link_survives_eviction_and_replacement(
+    make_cache, tmp_path: Path, src
+) -> None:
+    cache = make_cache(max_bytes=100)
     produced = src(100, b"a")
     cache.put(key(1), {"ply": produced})
     job_file = tmp_path / "job" / "out" / "scene.ply"
@@ -244,7 +267,6 @@ def test_callers_hard_link_survives_eviction_and_replacement(tmp_path: Path, src
     cache.put(key(2), {"ply": src(100, b"c")})  # key 1 evicted
     assert cached_keys(cache, [key(1), key(2)]) == [key(2)]
     assert job_file.read_bytes() == produced.read_bytes() == b"a" * 100
-    cache.close()
 
 
 # -- persistence and crash recovery -------------------------------------------------------
@@ -267,8 +289,8 @@ def test_restart_keeps_entries_bytes_counters_and_lru_order(tmp_path: Path, src)
         assert cache.stats().bytes == 100
 
 
-def test_vanished_files_miss_and_drop_the_row(tmp_path: Path, src) -> None:
-    cache = open_cache(tmp_path / "cache")
+def test_vanished_files_miss_and_drop_the_row(make_cache, tmp_path: Path, src) -> None:
+    cache = make_cache()
     cache.put(key(1), {"ply": src(10), "spz": src(20)})
     path = cache.get(key(1), ["spz"])["spz"]
     path.unlink()
@@ -277,7 +299,6 @@ def test_vanished_files_miss_and_drop_the_row(tmp_path: Path, src) -> None:
     stats = cache.stats()
     assert (stats.entries, stats.bytes, stats.hits, stats.misses) == (0, 0, 1, 2)
     assert not path.parent.exists()
-    cache.close()
 
 
 def test_open_sweeps_crash_leftovers(tmp_path: Path, src) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from mlsharp.service.jobs import _SCHEMA, JobRecord, SQLiteJobStore
+from mlsharp.service.jobs import JobRecord
+from mlsharp.service.jobs.sqlite import SCHEMA as _SCHEMA
+from mlsharp.service.jobs.sqlite import SQLiteJobStore
 
 
 def test_an_older_database_gets_the_new_columns(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from mlsharp.service.worker import purge_expired
+from mlsharp.service.jobs.runner import purge_expired
 from tests.service.conftest import jpeg_bytes
 
 

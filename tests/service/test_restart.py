@@ -61,7 +61,7 @@ def test_running_job_is_requeued_and_finished_results_stay(serve_process, tmp_pa
     api_only = serve_process(data_dir, "--workers", "0")
     stuck_id = _submit(api_only.url, (9, 9, 9))
     api_only.stop(signal.SIGKILL)
-    from mlsharp.service.jobs import SQLiteJobStore
+    from mlsharp.service.jobs.sqlite import SQLiteJobStore
 
     store = SQLiteJobStore(data_dir / "jobs.sqlite3")
     assert store.claim_next().id == stuck_id

@@ -24,6 +24,7 @@ from mlsharp.service.webhooks import (
     sign,
     verify,
 )
+from mlsharp.service.webhooks.sqlite import SQLiteWebhookStore
 
 # The published Standard Webhooks test vector.
 VEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -119,7 +120,7 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., WebhookService]]:
             "timeout_seconds": 2.0,
         }
         opts.update(kwargs)
-        svc = WebhookService(tmp_path / "service.db", **opts)  # type: ignore[arg-type]
+        svc = WebhookService(SQLiteWebhookStore(tmp_path / "service.db"), **opts)  # type: ignore[arg-type]
         made.append(svc)
         return svc
 
@@ -195,7 +196,7 @@ def test_create_refuses_unsafe_urls(make_service: Callable[..., WebhookService],
     assert info.value.http_status == 422
     assert info.value.code == "webhook_url_refused"
     assert "\n" not in str(info.value)
-    assert svc.list() == []
+    assert svc.registered() == []
 
 
 def test_allow_private_accepts_loopback(make_service: Callable[..., WebhookService]) -> None:
@@ -223,10 +224,10 @@ def test_create_list_get_delete(make_service: Callable[..., WebhookService]) -> 
     assert a.id.startswith("wh_")
     assert a.secret.startswith("whsec_")
     assert a.events == ("job.succeeded", "job.failed")
-    assert [h.id for h in svc.list()] == [a.id, b.id]
+    assert [h.id for h in svc.registered()] == [a.id, b.id]
     assert svc.get(b.id) == b
     svc.delete(a.id)
-    assert [h.id for h in svc.list()] == [b.id]
+    assert [h.id for h in svc.registered()] == [b.id]
     with pytest.raises(NotFound):
         svc.get(a.id)
     with pytest.raises(NotFound):
@@ -266,7 +267,7 @@ def test_publish_only_to_subscribers_and_delete_drops_pending(
     assert not svc.wait_idle(0.05)
     svc.delete(both.id)
     assert svc.wait_idle(0.5)
-    with sqlite3.connect(svc.db_path) as conn:
+    with sqlite3.connect(svc.store.path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM webhook_deliveries").fetchone()[0] == 0
     with pytest.raises(BadRequest):
         svc.publish("job.exploded", {})
@@ -405,7 +406,7 @@ def test_delivery_time_refusal_is_final(make_service: Callable[..., WebhookServi
     strict.publish("job.failed", {})
     strict.start()
     assert strict.wait_idle(5)
-    [hook] = strict.list()
+    [hook] = strict.registered()
     delivery = _only_delivery(strict, hook.id)
     assert delivery.status == "failed"
     assert len(delivery.attempts) == 1
@@ -437,12 +438,12 @@ def test_foreign_tables_are_left_alone(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY)")
         conn.execute("INSERT INTO jobs VALUES ('j1')")
-    svc = WebhookService(db, allow_private=True)
-    svc.close()
+    SQLiteWebhookStore(db).close()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT id FROM jobs").fetchall() == [("j1",)]
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert names - {"jobs"} <= {"webhook_endpoints", "webhook_deliveries", "webhook_attempts"}
+        ours = {"webhook_endpoints", "webhook_deliveries", "webhook_attempts", "outbox"}
+        assert names - {"jobs"} <= ours
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mlsharp.choices import EXPORT_RUNTIME_CHOICES
 from mlsharp.errors import ConfigError
 
 log = logging.getLogger("mlsharp.export")
@@ -51,7 +52,7 @@ MANIFEST_NAME = "manifest.json"
 INPUT_NAMES = ("image", "disparity_factor")
 OUTPUT_NAMES = ("mean_vectors", "singular_values", "quaternions", "colors", "opacities", "depth")
 #: Exported file formats: ``openvino`` (IR .xml + .bin) and ``onnx``.
-FORMATS = ("openvino", "onnx")
+FORMATS = EXPORT_RUNTIME_CHOICES
 #: How the weights are stored: float32, float16, or 8-bit integers (weight-only).
 WEIGHT_KINDS = ("fp32", "fp16", "int8")
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlsharp.choices import BACKEND_CHOICES, Backend
 from mlsharp.errors import ConfigError
 from mlsharp.runtime.options import RuntimeOptions
 
@@ -34,9 +35,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("mlsharp.backends")
 
 #: The Python package each optional backend imports, and the extra that installs it.
-PACKAGES = {"openvino": ("openvino", "openvino"), "onnxruntime": ("onnxruntime", "onnx")}
+PACKAGES: dict[Backend, tuple[str, str]] = {
+    "openvino": ("openvino", "openvino"),
+    "onnxruntime": ("onnxruntime", "onnx"),
+}
 #: Precisions each backend computes in.
-PRECISIONS = {
+PRECISIONS: dict[Backend, tuple[str, ...]] = {
     "torch": ("fp32", "tf32", "bf16", "fp16"),
     "openvino": ("fp32", "bf16", "fp16"),
     "onnxruntime": ("fp32",),
@@ -49,24 +53,23 @@ TORCH_ONLY = ("channels_last", "compile", "cuda_graphs")
 class BackendChoice:
     """What ``auto`` (or an explicit choice) resolved to, and why (for ``doctor``)."""
 
-    backend: str
+    backend: Backend
     reason: str
 
 
-def installed(backend: str) -> bool:
+def installed(backend: Backend) -> bool:
     """The backend's package can be imported (torch always can)."""
-    if backend == "torch":
-        return True
+    if backend not in PACKAGES:
+        return backend == "torch"
     return importlib.util.find_spec(PACKAGES[backend][0]) is not None
 
 
-def require(backend: str) -> None:
-    """Raise the one-line :class:`ConfigError` naming the pip command when missing."""
+def require(backend: Backend) -> None:
+    """Raise the one-line :class:`ConfigError` naming the pip command when missing (or
+    for a name that is no backend, e.g. from an old cache file)."""
     if backend not in PACKAGES and backend != "torch":
-        from mlsharp.choices import BACKEND_CHOICES
-
         raise ConfigError(f"unknown backend {backend!r}; choose {', '.join(BACKEND_CHOICES)}")
-    if not installed(backend):
+    if backend in PACKAGES and not installed(backend):
         package, extra = PACKAGES[backend]
         raise ConfigError(
             f"the {backend} backend needs the {package} package, which is not installed: "

@@ -7,17 +7,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlsharp.commands.output import SceneOutput, describe_outputs
 from mlsharp.config import Settings
-from mlsharp.errors import MlsharpError, OutputError, OutputExists
+from mlsharp.errors import MlsharpError, NotAPanorama, OutputError, OutputExists
 from mlsharp.imaging import check_focal_mm, is_supported_path
 
 if TYPE_CHECKING:
     from mlsharp.engine import Engine
     from mlsharp.gaussians import Gaussians
     from mlsharp.imaging import LoadedImage
+    from mlsharp.panorama import PanoramaKind
 
 
 @dataclass
@@ -136,6 +137,9 @@ def run_predict(args: argparse.Namespace) -> int:
     if outdir.exists() and not outdir.is_dir():
         raise OutputExists(f"output {outdir} exists and is not a folder")
     plan = plan_jobs(args.inputs, outdir, overwrite=args.overwrite, formats=formats)
+    panorama = getattr(args, "panorama", None)
+    if panorama:
+        _reject_non_panoramas(plan, args.focal_mm)
     for source, reason in plan.failures:
         _report(f"skipped {source}: {reason}")
     if not plan.jobs:
@@ -157,9 +161,11 @@ def run_predict(args: argparse.Namespace) -> int:
     start = 0
     while start < len(plan.jobs):
         # Asked before each batch: on CUDA the estimate grows once a forward was measured.
-        batch = plan.jobs[start : start + engine.suggested_batch_size()]
+        # With --panorama every job is a panorama, whose views predict_panorama batches.
+        size = 1 if panorama else engine.suggested_batch_size()
+        batch = plan.jobs[start : start + size]
         start += len(batch)
-        failed += _predict_batch(engine, batch, args=args, output=output)
+        failed += _predict_batch(engine, batch, args=args, output=output, bar=bar)
         bar.update(len(batch))
     bar.close()
     done = len(plan.jobs) + len(plan.failures) - failed
@@ -169,23 +175,33 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_batch(
-    engine: Engine, jobs: list[Job], *, args: argparse.Namespace, output: SceneOutput
+    engine: Engine, jobs: list[Job], *, args: argparse.Namespace, output: SceneOutput, bar: Any
 ) -> int:
     """Decode ``jobs``' photos, predict them in one forward, write each photo's files;
-    one line per photo. Returns how many failed (each failure stays with its photo)."""
+    one line per photo. A panorama (``--panorama``, or tagged so in its XMP) is predicted
+    on its own, view by view. Returns how many failed (each failure stays with its photo)."""
     from mlsharp.imaging import load_image
+    from mlsharp.panorama import panorama_kind
 
+    panorama = getattr(args, "panorama", None)
     decoded: list[tuple[Job, LoadedImage, float]] = []
     failed = 0
     for job in jobs:
         start = time.perf_counter()
         try:
             image = load_image(job.source, focal_mm=args.focal_mm)
-        except MlsharpError as error:
+            decode = time.perf_counter() - start
+            kind = panorama_kind(image, panorama)
+            if kind is None:
+                decoded.append((job, image, decode))
+                continue
+            gaussians = _predict_panorama(engine, image, kind, bar)
+            _write_one(
+                job, image, gaussians, decode=decode, overwrite=args.overwrite, output=output
+            )
+        except (MlsharpError, OSError) as error:
             failed += 1
-            _report(f"failed {job.source}: {error}")
-            continue
-        decoded.append((job, image, time.perf_counter() - start))
+            _report_failure(job, error)
     if not decoded:
         return failed
     results = engine.predict_batch([image for _, image, _ in decoded])
@@ -194,14 +210,20 @@ def _predict_batch(
             _write_one(
                 job, image, result.unwrap(), decode=decode, overwrite=args.overwrite, output=output
             )
-        except MlsharpError as error:
+        except (MlsharpError, OSError) as error:
             failed += 1
-            _report(f"failed {job.source}: {error}")
-        except OSError as error:  # e.g. the output disk is full or read-only
-            failed += 1
-            where = error.filename or next(iter(job.outputs.values()))
-            _report(f"failed {job.source}: cannot write {where}: {error.strerror or error}")
+            _report_failure(job, error)
     return failed
+
+
+def _report_failure(job: Job, error: MlsharpError | OSError) -> None:
+    """One line for a photo that failed: its error, or the file that could not be written
+    (e.g. the output disk is full or read-only)."""
+    if isinstance(error, MlsharpError):
+        _report(f"failed {job.source}: {error}")
+        return
+    where = error.filename or next(iter(job.outputs.values()))
+    _report(f"failed {job.source}: cannot write {where}: {error.strerror or error}")
 
 
 def _write_one(
@@ -232,9 +254,77 @@ def _write_one(
     kept = f"{predicted:,}"
     if len(gaussians) < predicted:
         kept = f"{len(gaussians):,} of {kept}"
+    if "panorama" in gaussians.metadata:
+        _report_panorama(job, written, kept, gaussians, image, decode, write)
+        return
     _report(
         f"{job.source} -> {written} ({kept} Gaussians, "
         f"{image.width}x{image.height}, f={image.focal_px:.1f}px [{image.focal_source}]; "
         f"decode {decode:.2f}s, inference {times.preprocess + times.inference:.2f}s, "
         f"post-process {times.postprocess:.2f}s, write {write:.2f}s)"
+    )
+
+
+def _reject_non_panoramas(plan: Plan, focal_mm: float | None) -> None:
+    """With ``--panorama``: move inputs that are not panoramas from the jobs to the
+    failures, before the model loads. When that leaves nothing (one photo given), raise
+    its error: one line, no output folder.
+
+    Raises:
+        NotAPanorama: the only input is not a panorama.
+    """
+    from mlsharp.imaging import load_image
+    from mlsharp.panorama import panorama_kind
+
+    rejected = []
+    for job in list(plan.jobs):
+        try:
+            panorama_kind(load_image(job.source, focal_mm=focal_mm), True)
+        except NotAPanorama as error:
+            rejected.append(error)
+            plan.jobs.remove(job)
+            plan.failures.append((str(job.source), str(error)))
+        except MlsharpError:
+            continue  # unreadable: its turn in the loop reports it
+    if rejected and not plan.jobs and len(plan.failures) == 1:
+        raise rejected[0]
+
+
+def _predict_panorama(engine: Engine, image: LoadedImage, kind: PanoramaKind, bar: Any) -> Any:
+    """Predict a panorama view by view; the bar's postfix names the view in progress."""
+    from mlsharp.panorama import predict_panorama
+
+    def progress(stage: str, fraction: float) -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"{image.name}: {stage}", refresh=True)
+
+    try:
+        return predict_panorama(
+            engine, image, kind=kind, max_side=engine.internal_resolution, progress=progress
+        )
+    finally:
+        if bar is not None:
+            bar.set_postfix_str("", refresh=False)
+
+
+def _report_panorama(
+    job: Job, written: str, kept: str, gaussians: Any, image: Any, decode: float, write: float
+) -> None:
+    """The timing line of a panorama: views, seams and where the time went."""
+    info = gaussians.metadata["panorama"]
+    times = gaussians.metadata["timings"]
+    seams = info["seams"]
+    seam = (
+        f"seam mismatch {100 * seams['median']:.1f}% median, {100 * seams['p95']:.1f}% p95"
+        if seams and seams["samples"]
+        else "no seam check"
+    )
+    views = info["views"]
+    _report(
+        f"{job.source} -> {written} ({kept} Gaussians, {image.width}x{image.height} "
+        f"{info['projection']} panorama, {len(views)} views of {views[0]['side']} px; {seam}; "
+        f"decode {decode:.2f}s, cut {times.extra['cut']:.2f}s, "
+        f"inference {times.preprocess + times.inference:.2f}s, "
+        f"post-process {times.postprocess:.2f}s, merge {times.extra['merge']:.2f}s, "
+        f"write {write:.2f}s)"
     )

@@ -19,6 +19,7 @@ from mlsharp.errors import ConfigError
 
 if TYPE_CHECKING:
     from mlsharp.gaussians import Gaussians
+    from mlsharp.render.trajectory import TrajectoryKind
 
 #: Frames of a video when ``--frames`` is not given (the reference's 60 steps).
 DEFAULT_VIDEO_FRAMES = 60
@@ -92,6 +93,11 @@ def apply_fov(gaussians: Gaussians, fov_degrees: float, size: tuple[int, int]) -
     focal_out = width / (2.0 * math.tan(math.radians(fov_degrees) / 2.0))
     # The renderer scales the photo's focal length by max(w/W, h/H) (camera.photo_intrinsics).
     gaussians.focal_px = focal_out / max(width / photo_w, height / photo_h)
+
+
+def default_trajectory(gaussians: Gaussians) -> TrajectoryKind:
+    """``turn`` for a 360° panorama scene (its file says so), else ``orbit``."""
+    return "turn" if gaussians.metadata.get("panorama") else "orbit"
 
 
 def _warn(message: str) -> None:
@@ -179,7 +185,8 @@ def run_render(args: argparse.Namespace) -> int:
     empty_scene = _nothing_in_front(gaussians)
     if empty_scene:
         _warn(f"no splat of {scene_path} lies in front of the camera; {_FRAME_HINT}")
-    cameras = make_trajectory(gaussians, args.trajectory, frames, size)
+    trajectory: TrajectoryKind = args.trajectory or default_trajectory(gaussians)
+    cameras = make_trajectory(gaussians, trajectory, frames, size)
     images = _EmptyFrameWatch(
         render_frames(
             gaussians,
@@ -194,7 +201,7 @@ def run_render(args: argparse.Namespace) -> int:
     if dest.suffix.lower() == ".png":
         what = "still"
     else:
-        what = f"{frames} frames, {args.trajectory}, {args.fps:g} fps"
+        what = f"{frames} frames, {trajectory}, {args.fps:g} fps"
     print(
         f"{scene_path} -> {dest} ({len(gaussians):,} splats, {size[0]}x{size[1]}, {what}; "
         f"{elapsed / frames:.2f} s/frame)",

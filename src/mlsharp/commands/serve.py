@@ -85,6 +85,10 @@ def run_serve(args: argparse.Namespace) -> int:
             options = server_options(settings, progress=True)
             print(f"mlsharp: autotune chose {options.label()}")
 
+    from mlsharp.service.backends import check_databases
+
+    check_databases(settings)  # a damaged database: one line, not a start-up traceback
+
     import uvicorn
 
     from mlsharp.service.app import create_app

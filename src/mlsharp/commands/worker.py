@@ -52,11 +52,10 @@ def run_worker(args: argparse.Namespace) -> int:
     check_runtime_options(settings)  # a bad option is a ConfigError (exit 2), not a failed load
 
     from mlsharp.errors import CheckpointError
-    from mlsharp.service.distributed.redis_conn import redact
-    from mlsharp.service.distributed.runner import QueueRunner
-    from mlsharp.service.state import ServiceState
+    from mlsharp.service.backends import build_state
+    from mlsharp.service.jobs.runner import JobRunner
 
-    state = ServiceState.build(settings)
+    state = build_state(settings)
     state.load_model()  # once, before any job; a bad checkpoint ends here with one line
     if state.model.engine is None:
         state.close()
@@ -73,16 +72,16 @@ def run_worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    runner = QueueRunner(state, state.queue, threads=1, debug_delay=args.debug_job_delay)
+    runner = JobRunner(state, state.queue, threads=1, debug_delay=args.debug_job_delay)
     runner.start()
-    assert settings.queue is not None
+    queue = settings.masked()["queue"]  # without its password
     log.info(
         "worker ready: preset %s on %s, queue %s",
         settings.preset,
         state.model.engine.device,
-        redact(settings.queue),
+        queue,
     )
-    print(f"mlsharp: worker on {state.model.engine.device} consuming {redact(settings.queue)}")
+    print(f"mlsharp: worker on {state.model.engine.device} consuming {queue}")
     stop.wait()
     runner.stop(timeout=args.drain_seconds)
     state.close()

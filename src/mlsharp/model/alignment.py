@@ -89,6 +89,7 @@ class LearnedAlignment(nn.Module):
         self.decoder = UNetDecoder(widths[0], widths, steps, norm_groups)
         self.conv_out = nn.Conv2d(widths[0], 1, kernel_size=1)
         nn.init.zeros_(self.conv_out.weight)
+        assert self.conv_out.bias is not None
         nn.init.zeros_(self.conv_out.bias)  # exp(0) = 1: identity alignment at start
 
     def forward(self, depth_src: torch.Tensor, depth_tgt: torch.Tensor) -> torch.Tensor:

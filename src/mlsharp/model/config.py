@@ -9,12 +9,13 @@ depths so tests run in milliseconds; ``tiny`` weights are never meaningful.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
-PresetName = Literal["sharp", "tiny"]
+from mlsharp.choices import PRESET_CHOICES, Preset
+
+PresetName = Preset
 #: ViT tiles are a multiple of this many tokens wide (see SharpConfig.resolution_step).
 TOKENS_PER_TILE_STEP = 8
-PRESETS: tuple[str, ...] = ("sharp", "tiny")
+PRESETS: tuple[str, ...] = PRESET_CHOICES
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ class SharpModel(nn.Module):
         follow; the values computed are the same up to float rounding.
         """
         for module in self.conv_decoders():
-            module.to(memory_format=memory_format)
+            module.to(memory_format=memory_format)  # type: ignore[call-overload]
 
     def forward(self, image: torch.Tensor, disparity_factor: torch.Tensor) -> ComposedGaussians:
         """Predict Gaussians.

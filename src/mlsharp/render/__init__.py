@@ -19,7 +19,12 @@ import importlib
 from typing import Any
 
 from mlsharp.render.camera import Camera, camera_at, look_at, output_size
-from mlsharp.render.trajectory import TRAJECTORIES, TrajectoryParams, make_trajectory
+from mlsharp.render.trajectory import (
+    PANORAMA_TRAJECTORIES,
+    TRAJECTORIES,
+    TrajectoryParams,
+    make_trajectory,
+)
 from mlsharp.render.video import encode_png, write_mp4, write_png
 
 _LAZY = {
@@ -32,6 +37,7 @@ _LAZY = {
 
 __all__ = [
     "BACKENDS",
+    "PANORAMA_TRAJECTORIES",
     "TRAJECTORIES",
     "Camera",
     "SceneTensors",

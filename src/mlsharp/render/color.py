@@ -38,7 +38,7 @@ def parse_background(value: str | Sequence[float]) -> Background:
     rgb = tuple(float(c) for c in value)
     if len(rgb) != 3 or not all(0.0 <= c <= 1.0 for c in rgb):
         raise ConfigError(f"background {value!r} must be three numbers in [0, 1]")
-    return rgb  # type: ignore[return-value]
+    return rgb
 
 
 def srgb_to_linear(srgb: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlsharp.choices import Backend
 from mlsharp.errors import ConfigError
 from mlsharp.runtime.accuracy import PropertyError, compare_gaussians, threshold_failures
 from mlsharp.runtime.options import RuntimeOptions
@@ -318,7 +319,7 @@ def precision_candidates(
 
 
 def backend_candidates(
-    backends: Sequence[str], *, bf16: bool, resolution: int | None = None
+    backends: Sequence[Backend], *, bf16: bool, resolution: int | None = None
 ) -> list[RuntimeOptions]:
     """Stage 1b (CPU): the other backends, fp32 and int8 weights each, and OpenVINO's bf16
     when the CPU computes bf16 natively. Their errors go through the same guard."""
@@ -686,7 +687,7 @@ def _runtime_versions() -> str:
     return ", ".join(found)
 
 
-def _backends_to_tune(backend: str | None, device: torch.device) -> list[str]:
+def _backends_to_tune(backend: Backend | None, device: torch.device) -> list[Backend]:
     """The non-torch backends autotune measures: on a CPU every installed one for
     ``auto``/``None``, the one named otherwise; none on GPUs (torch runs them)."""
     from mlsharp.backends.select import PACKAGES, installed, require
@@ -718,7 +719,7 @@ def autotune(
     download: bool = True,
     progress: bool = False,
     batch_size: int = 1,
-    backend: str | None = None,
+    backend: Backend | None = None,
     backend_device: str | None = None,
 ) -> AutotuneResult:
     """Tune (or read the cached tuning of) ``checkpoint`` on ``device``.

@@ -18,7 +18,7 @@ caller its own outcome.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -71,20 +71,39 @@ class Batcher:
         size = self._batch_size() if callable(self._batch_size) else self._batch_size
         return max(1, int(size))
 
+    def suggested_batch_size(self) -> int:
+        """The largest number of photos the next forward may take (as the engine's)."""
+        return self.batch_size
+
     def predict(self, image: LoadedImage, *, on_stage: StageCallback | None = None) -> Gaussians:
         """Predict ``image``, sharing a forward with concurrent callers when possible.
 
         ``on_stage`` is called as in :meth:`Engine.predict` (once per stage of the batch
         the photo runs in). Raises what the prediction of this photo raised.
         """
-        request = _Request(image, on_stage)
+        return self.predict_many([image], on_stage=on_stage)[0]
+
+    def predict_many(
+        self,
+        images: Sequence[LoadedImage],
+        *,
+        on_stage: StageCallback | None = None,
+        batch_size: int | None = None,
+    ) -> list[Gaussians]:
+        """Predict ``images`` (e.g. the views of a panorama), queued together so they share
+        forwards with each other and with concurrent callers; results in input order.
+
+        ``batch_size`` is accepted for the engine's signature; the batcher's own size
+        applies. Raises the first error of any of the images.
+        """
+        requests = [_Request(image, on_stage) for image in images]
         with self._cond:
-            self._pending.append(request)
+            self._pending.extend(requests)
         while True:
             with self._cond:
-                while self._busy and not request.done:
+                while self._busy and not all(request.done for request in requests):
                     self._cond.wait()
-                if request.done:
+                if all(request.done for request in requests):
                     break
                 self._busy = True
                 batch = self._pending[: self.batch_size]
@@ -95,10 +114,10 @@ class Batcher:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
-        if request.error is not None:
-            raise request.error
-        assert request.result is not None
-        return request.result
+        for request in requests:
+            if request.error is not None:
+                raise request.error
+        return [request.result for request in requests]  # type: ignore[misc]
 
     def _run(self, batch: list[_Request]) -> None:
         """Predict ``batch`` and settle every request in it (result or error)."""

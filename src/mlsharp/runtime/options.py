@@ -8,15 +8,12 @@ user's device). No torch import here: the CLI and settings use these names and d
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any
 
-from mlsharp.choices import BACKEND_CHOICES
+# Numeric precision of the network forward (defined with every other choice list).
+from mlsharp.choices import BACKEND_CHOICES, PRECISION_CHOICES, Backend, Precision
 
-#: Numeric precision of the network forward.
-#: ``fp32``: the reference. ``tf32``: fp32 storage with TF32 matmuls/convolutions (Ampere+).
-#: ``bf16`` / ``fp16``: autocast, with normalisations, heads and post-processing in fp32.
-Precision = Literal["fp32", "tf32", "bf16", "fp16"]
-PRECISION_CHOICES: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
+__all__ = ["PRECISION_CHOICES", "Precision", "RuntimeOptions"]
 
 #: Batch sizes a fixed-shape forward (``compile``, ``cuda_graphs``) runs at. Each new input
 #: shape costs a recompilation or a graph capture (and the graph's memory), so batches are
@@ -64,7 +61,7 @@ class RuntimeOptions:
     resolution: int | None = None
     fast_postprocess: bool = False
     batch_size: int | None = None
-    backend: str = "torch"
+    backend: Backend = "torch"
     backend_device: str | None = None
     int8_weights: bool = False
 

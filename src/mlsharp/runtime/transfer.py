@@ -7,7 +7,7 @@ the end makes the arrays valid. Elsewhere the tensors already live in host memor
 or are copied synchronously (MPS).
 
 The pinned memory is a :class:`PinnedStaging`: one buffer per photo of a batch, sized
-exactly to that photo's results, reused by later batches and given back by
+to that photo's results (in whole pages), reused by later batches and given back by
 :meth:`PinnedStaging.release` (the engine's memory guard calls it). The results handed
 to the caller are ordinary host arrays copied out of it. ``tensor.pin_memory()`` would go
 through PyTorch's caching host allocator instead, which rounds every block up to a power
@@ -16,6 +16,9 @@ full-size photos, never returned.
 """
 
 from __future__ import annotations
+
+import contextlib
+import mmap
 
 import numpy as np
 import torch
@@ -37,31 +40,48 @@ def staging_bytes(tensors: dict[str, torch.Tensor | None]) -> int:
 class PinnedStaging:
     """Page-locked host buffers for device-to-host copies, one slot per photo of a batch.
 
-    A slot is allocated as ordinary host memory of exactly the bytes asked for and then
-    page-locked in place (``cudaHostRegister``), so its size is not rounded; it is reused
-    while later requests fit and replaced by an exactly sized one when they do not.
-    :meth:`release` unlocks and frees every slot. On a device other than CUDA the slots
-    are plain host memory (the same code path, for tests).
+    A slot is allocated as ordinary host memory of the bytes asked for, rounded up to whole
+    pages, and page-locked in place (``cudaHostRegister``), so its size is not rounded to a
+    power of two; it is reused while later requests fit and replaced by a new one when
+    they do not. :meth:`release` unlocks and frees every slot. On a device other than CUDA
+    the slots are plain host memory (the same code path, for tests).
+
+    Each slot starts on a page boundary and its locked range covers whole pages of its
+    own allocation: CUDA locks whole pages and refuses a range that shares a page with
+    one already locked, which small slots allocated next to each other would. A refused
+    or failed registration leaves the slot pageable (copies into it are synchronous but
+    correct), is not retried for this staging, and its error is consumed: the CUDA
+    runtime would otherwise report it at the next kernel launch of this thread, failing
+    an unrelated operation.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._slots: list[torch.Tensor] = []
+        self._slots: list[torch.Tensor] = []  # page-aligned views, whole pages each
+        self._buffers: list[torch.Tensor] = []  # the allocations the slots live in
         self._registered: set[int] = set()  # data pointers page-locked by us
+        #: False once a registration failed (e.g. WSL, or no lockable memory left).
+        self.pinning = device.type == "cuda"
 
     @property
     def nbytes(self) -> int:
-        """Bytes held in all slots."""
+        """Bytes the slots provide (each request rounded up to whole pages)."""
         return sum(slot.numel() for slot in self._slots)
+
+    @property
+    def pinned_bytes(self) -> int:
+        """Bytes of the slots that are page-locked."""
+        return sum(s.numel() for s in self._slots if s.data_ptr() in self._registered)
 
     def slot(self, index: int, nbytes: int) -> torch.Tensor:
         """A uint8 host tensor of exactly ``nbytes`` in slot ``index`` (valid until the next
         call for the same slot or :meth:`release`)."""
         while len(self._slots) <= index:
             self._slots.append(torch.empty(0, dtype=torch.uint8))
+            self._buffers.append(self._slots[-1])
         if self._slots[index].numel() < nbytes:
             self._unpin(self._slots[index])
-            self._slots[index] = torch.empty(nbytes, dtype=torch.uint8)
+            self._buffers[index], self._slots[index] = _page_aligned(nbytes)
             self._pin(self._slots[index])
         return self._slots[index][:nbytes]
 
@@ -69,23 +89,54 @@ class PinnedStaging:
         """Unlock and free every slot."""
         for slot in self._slots:
             self._unpin(slot)
-        self._slots = []
+        self._slots, self._buffers = [], []
 
-    def _pin(self, buffer: torch.Tensor) -> None:
-        if self.device.type != "cuda" or buffer.numel() == 0:
+    def _pin(self, slot: torch.Tensor) -> None:
+        if not self.pinning or slot.numel() == 0:
             return
-        pointer = buffer.data_ptr()
-        # Flags 0 (cudaHostRegisterDefault). A failure (e.g. RLIMIT_MEMLOCK) only costs
-        # speed: copies into pageable memory are synchronous but correct.
         cudart = torch.cuda.cudart()
-        if cudart.cudaHostRegister(pointer, buffer.numel(), 0) == cudart.cudaError.success:
-            self._registered.add(pointer)
+        # Flags 0: cudaHostRegisterDefault.
+        if cudart.cudaHostRegister(slot.data_ptr(), slot.numel(), 0) == cudart.cudaError.success:
+            self._registered.add(slot.data_ptr())
+            return
+        self.pinning = False
+        consume_cuda_error(self.device)
 
-    def _unpin(self, buffer: torch.Tensor) -> None:
-        pointer = buffer.data_ptr()
+    def _unpin(self, slot: torch.Tensor) -> None:
+        pointer = slot.data_ptr()
         if pointer in self._registered:
-            torch.cuda.cudart().cudaHostUnregister(pointer)
             self._registered.discard(pointer)
+            cudart = torch.cuda.cudart()
+            if cudart.cudaHostUnregister(pointer) != cudart.cudaError.success:
+                consume_cuda_error(self.device)
+
+
+#: Host memory page size: the unit ``cudaHostRegister`` locks.
+PAGE_SIZE = mmap.PAGESIZE
+
+
+def _page_aligned(nbytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(allocation, view): a view of whole pages, at least ``nbytes``, starting on a page
+    boundary inside a fresh host allocation (which it keeps alive)."""
+    capacity = -(-nbytes // PAGE_SIZE) * PAGE_SIZE
+    buffer = torch.empty(capacity + PAGE_SIZE, dtype=torch.uint8)
+    offset = -buffer.data_ptr() % PAGE_SIZE
+    return buffer, buffer[offset : offset + capacity]
+
+
+def consume_cuda_error(device: torch.device) -> None:
+    """Read and so reset the CUDA runtime's last error of this thread after a call whose
+    failure was handled (``cudaHostRegister``). torch's bindings may lack
+    ``cudaGetLastError``; then a one-element kernel launch reads it (torch checks the last
+    error after each launch and raises it, which resets it)."""
+    cudart = torch.cuda.cudart()
+    get_last_error = getattr(cudart, "cudaGetLastError", None)
+    if get_last_error is not None:
+        get_last_error()
+        return
+    # A RuntimeError here is the pending error, now reset.
+    with torch.cuda.device(device), contextlib.suppress(RuntimeError):
+        torch.empty(1, device=device).fill_(0.0)
 
 
 def _host_array(tensor: torch.Tensor) -> np.ndarray:

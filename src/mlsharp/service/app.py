@@ -1,9 +1,10 @@
 """``create_app(settings)``: the FastAPI application of ``mlsharp serve``.
 
-Building the app opens nothing; the lifespan does, in order: open the stores under the
-data directory, put jobs a dead process left ``running`` back in the queue, start webhook
-delivery, start loading the model on a background thread, start the worker threads and
-the expiry sweep. Shutdown reverses it; queued jobs stay queued for the next start.
+Building the app opens nothing; the lifespan does, in order: build the parts
+(:func:`~mlsharp.service.backends.build_state`), start webhook delivery, start loading the
+model on a background thread and the job runner (which takes jobs once the model is
+loaded), and the expiry sweep. Shutdown reverses it; queued jobs stay queued for the next
+start, and runs still going when the drain time runs out are handed back to the queue.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from mlsharp.config import Settings
 from mlsharp.errors import MlsharpError
 from mlsharp.service import web
 from mlsharp.service.api import batches, cache, jobs, predict, system, webhooks
+from mlsharp.service.backends import build_state, runner_threads
 from mlsharp.service.http_errors import install_error_handlers
+from mlsharp.service.jobs.runner import JobRunner, purge_expired
 from mlsharp.service.metrics import Metrics
 from mlsharp.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from mlsharp.service.state import ServiceState
-from mlsharp.service.worker import JobRunner, purge_expired
 
 log = logging.getLogger("mlsharp.service")
 
@@ -42,21 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await asyncio.to_thread(ServiceState.build, settings, metrics)
+        state = await asyncio.to_thread(build_state, settings, metrics)
         app.state.mlsharp = state
-        requeued = state.store.requeue_running()
-        if requeued:
-            log.info("requeued %d job(s) left running by a previous run", requeued)
         state.webhooks.start()
-        if settings.queue:  # scale-out: consume the task queue instead of the store
-            from mlsharp.service.distributed.runner import QueueRunner
-
-            runner = QueueRunner(state, state.queue, threads=settings.workers)
-        else:
-            # Jobs share a forward only when several run at once: a batch size of N
-            # gets at least N worker threads (docs/runtime.md, batching).
-            threads = max(settings.workers, settings.batch_size or 0) if settings.workers else 0
-            runner = JobRunner(state, threads=threads)
+        runner = JobRunner(state, state.queue, threads=runner_threads(settings))
         if settings.workers > 0:
             threading.Thread(
                 target=state.load_model, name="mlsharp-model-loader", daemon=True

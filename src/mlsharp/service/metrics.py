@@ -20,7 +20,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("mlsharp.service")
@@ -67,7 +67,7 @@ class _StateCollector(Collector):
             log.debug("metrics: the %s gauges are left out of this scrape (%s)", name, error)
             return None
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         counts = self._read("jobs", self._probe.job_counts)
         if counts is not None:
             yield from _job_gauges(counts)
@@ -171,6 +171,41 @@ class Metrics:
             "mlsharp_inference_batch_size",
             "Photos per network forward (jobs running at once share a forward)",
             buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        # The job runner's and the queue's figures (this process's runs).
+        self.job_seconds = Histogram(
+            "mlsharp_worker_job_duration_seconds",
+            "Wall time of one run of a job on this worker, by outcome",
+            ["outcome"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "mlsharp_worker_job_retries",
+            "Runs that failed and were queued again",
+            registry=self.registry,
+        )
+        self.fenced = Counter(
+            "mlsharp_worker_runs_fenced",
+            "Runs discarded because a newer run of the same job took over",
+            registry=self.registry,
+        )
+        self.skipped = Counter(
+            "mlsharp_worker_deliveries_skipped",
+            "Deliveries not run: the job ended (finished) or another live run holds it (busy)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.reconciled = Counter(
+            "mlsharp_queue_reconciled",
+            "Jobs without a queue message found by this worker's sweeps: resent or failed",
+            ["action"],
+            registry=self.registry,
+        )
+        self.handed_back = Counter(
+            "mlsharp_worker_jobs_handed_back",
+            "Jobs put back in the queue because the drain time ran out on shutdown",
             registry=self.registry,
         )
         self.probe: StateProbe | None = None

@@ -10,7 +10,6 @@ import logging
 import re
 import secrets
 import time
-from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -83,7 +82,7 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
-def _route_template(scope: dict[str, Any]) -> str:
+def _route_template(scope: Scope) -> str:
     """The matched route's path template (bounded label values), else ``unmatched``."""
     route = scope.get("route")
     path = getattr(route, "path", None)

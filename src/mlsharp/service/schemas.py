@@ -74,6 +74,9 @@ class JobPublic(BaseModel):
         description="a cancel was asked while running; it takes effect at the next stage"
     )
     batch_id: str | None
+    panorama: bool = Field(
+        default=False, description="a 360° panorama, predicted as one scene around the camera"
+    )
     links: JobLinks
 
 

@@ -1,9 +1,10 @@
 """The service's parts, built once per app from the settings and shared by every route.
 
 ``ServiceState`` holds the settings, the job store, file storage, result cache, webhooks,
-metrics, limiter and the model. The model loads on a background thread started by the
-app's lifespan, so ``/v1/health`` answers at once and ``/v1/ready`` turns true when the
-weights are in memory; jobs submitted meanwhile wait in the queue.
+metrics, limiter and the model, each typed with its concept's port. The model loads on a
+background thread started by the app's lifespan, so ``/v1/health`` answers at once and
+``/v1/ready`` turns true when the weights are in memory; jobs submitted meanwhile wait in
+the queue.
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlsharp.config import Settings
-from mlsharp.service.auth import ApiKeys, RateLimiter, TokenBucketLimiter
+from mlsharp.service.auth import ApiKeys
 from mlsharp.service.cache import ResultCache
 from mlsharp.service.events import ChangeNotifier
-from mlsharp.service.jobs import SQLiteJobStore
-from mlsharp.service.metrics import Metrics, StateProbe
-from mlsharp.service.storage import LocalStorage
+from mlsharp.service.files.ports import Storage
+from mlsharp.service.health import WorkerHealth
+from mlsharp.service.jobs import JobStore
+from mlsharp.service.limits import RateLimiter
+from mlsharp.service.metrics import Metrics
+from mlsharp.service.queue.ports import JobQueue
 from mlsharp.service.webhooks import WebhookService
 
 if TYPE_CHECKING:
@@ -45,58 +49,29 @@ class ModelSlot:
 
 @dataclass
 class ServiceState:
-    """Everything a request handler or worker needs; see the module docstring."""
+    """Everything a request handler or worker needs; see the module docstring.
+
+    Built by :func:`mlsharp.service.backends.build_state`, the one place that knows which
+    adapters (embedded or scale-out) sit behind these ports.
+    """
 
     settings: Settings
-    store: SQLiteJobStore
-    storage: LocalStorage
+    store: JobStore
+    storage: Storage
     cache: ResultCache
     webhooks: WebhookService
     metrics: Metrics
     api_keys: ApiKeys
     limiter: RateLimiter | None
     notifier: ChangeNotifier
+    #: How jobs reach the runner (told about every queued job).
+    queue: JobQueue
+    #: The job runner's threads, as readiness sees them.
+    health: WorkerHealth
     model: ModelSlot = field(default_factory=ModelSlot)
     started_at: float = field(default_factory=time.time)
-    #: Called when new work is queued (the in-process runner sets it to wake its threads).
-    wake_workers: Callable[[], None] | None = None
-
-    @classmethod
-    def build(cls, settings: Settings, metrics: Metrics | None = None) -> ServiceState:
-        """Open (or create) everything under ``settings.data_dir``."""
-        if settings.queue:  # scale-out: Redis, the task queue, S3 (docs/deployment.md)
-            from mlsharp.service.distributed.state import build_distributed
-
-            return build_distributed(cls, settings, metrics or Metrics())
-        data_dir = Path(settings.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        metrics = metrics or Metrics()
-        rate = settings.rate()
-        state = cls(
-            settings=settings,
-            store=SQLiteJobStore(data_dir / "jobs.sqlite3"),
-            storage=LocalStorage(data_dir),
-            cache=ResultCache(
-                data_dir / "cache",
-                max_bytes=settings.cache_max_bytes,
-                enabled=settings.cache_enabled,
-            ),
-            webhooks=WebhookService(
-                data_dir / "webhooks.sqlite3", **webhook_options(settings, metrics)
-            ),
-            metrics=metrics,
-            api_keys=ApiKeys(settings.api_keys),
-            limiter=TokenBucketLimiter(*rate) if rate else None,
-            notifier=ChangeNotifier(),
-        )
-        metrics.attach(
-            StateProbe(
-                job_counts=state.store.counts,
-                cache=lambda: cache_numbers(state.cache),
-                device_memory=state.device_memory,
-            )
-        )
-        return state
+    #: Released by :meth:`close` after the parts (a database, the Redis connection pool).
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
     def load_model(self) -> None:
         """Load the engine (runs on a background thread); records success or the error."""
@@ -130,8 +105,6 @@ class ServiceState:
             log.exception("the model could not be loaded: %s", self.model.error)
         finally:
             self.model.ready.set()
-            if self.wake_workers is not None:
-                self.wake_workers()
 
     def device_memory(self) -> dict[str, float]:
         """Memory figures of the inference device (process RSS on the CPU)."""
@@ -147,24 +120,12 @@ class ServiceState:
         return {"process_rss": float(_process_rss())}
 
     def close(self) -> None:
-        """Stop background delivery and close the databases."""
+        """Stop background delivery and close the databases and connections."""
         self.webhooks.close()
         self.cache.close()
         self.store.close()
-
-
-def webhook_options(settings: Settings, metrics: Metrics) -> dict[str, Any]:
-    """Keyword options of every webhook backend: delivery policy from the settings, and
-    attempts counted in the metrics."""
-    return {
-        "allow_private": settings.webhook_allow_private,
-        "max_attempts": settings.webhook_max_attempts,
-        "backoff_seconds": settings.webhook_backoff_seconds,
-        "timeout_seconds": settings.webhook_timeout_seconds,
-        "on_attempt": lambda event, ok: metrics.webhook_attempts.labels(
-            event, "ok" if ok else "error"
-        ).inc(),
-    }
+        for close in self.closers:
+            close()
 
 
 def _memory_guard(engine: Engine, settings: Settings, metrics: Metrics) -> MemoryGuard:
@@ -186,18 +147,6 @@ def _options_suffix(engine: Engine) -> str:
 
     options = engine.options
     return "" if options == RuntimeOptions() else f":{options.label()}"
-
-
-def cache_numbers(cache: ResultCache) -> dict[str, float]:
-    """The cache gauges of the metrics, from any cache backend's ``stats()``."""
-    stats = cache.stats()
-    return {
-        "entries": stats.entries,
-        "bytes": stats.bytes,
-        "max_bytes": stats.max_bytes,
-        "hits": stats.hits,
-        "misses": stats.misses,
-    }
 
 
 def _process_rss() -> int:

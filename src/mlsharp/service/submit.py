@@ -14,18 +14,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mlsharp.errors import BadRequest, QueueFull
+from mlsharp.errors import BadRequest
 from mlsharp.imaging import load_image
+from mlsharp.panorama import cache_model_id, panorama_kind
 from mlsharp.service.cache import cache_key
-from mlsharp.service.jobs import JobRecord, JobStatus, new_id
+from mlsharp.service.jobs import DuplicateJob, JobRecord, JobStatus, new_id
+from mlsharp.service.jobs.runner import link_cached_outputs, result_stats
 from mlsharp.service.preview import cache_formats
 from mlsharp.service.state import ServiceState
-from mlsharp.service.worker import link_cached_outputs, publish_outcome, result_stats
 
 _SUFFIX_BY_FORMAT = {
     "JPEG": ".jpg",
@@ -53,6 +54,8 @@ class Submission:
     owner: str | None = None
     idempotency_key: str | None = None
     batch_id: str | None = None
+    #: a 360° panorama: True (asked for), False (never), None (when its XMP says so)
+    panorama: bool | None = None
 
 
 def parse_formats(raw: str | None, default: list[str]) -> tuple[str, ...]:
@@ -90,6 +93,8 @@ def request_hash(sub: Submission) -> str:
     fields: list[Any] = [sub.focal_mm, list(sub.formats)]
     if sub.density:  # absent when not asked for: hashes of earlier requests stay valid
         fields.append(sub.density)
+    if sub.panorama is not None:  # likewise
+        fields.append({"panorama": sub.panorama})
     digest.update(json.dumps(fields).encode())
     return digest.hexdigest()
 
@@ -106,6 +111,21 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A validated photo, ready to become a job: the job to store and its input bytes."""
+
+    job: JobRecord
+    data: bytes
+    #: ``True`` when an earlier request with the same ``Idempotency-Key`` made ``job``.
+    replayed: bool = False
+
+    @property
+    def queued(self) -> bool:
+        """Whether storing it adds a job to the queue (not a replay, not a cache hit)."""
+        return not self.replayed and self.job.status is JobStatus.QUEUED
+
+
 def submit(state: ServiceState, sub: Submission) -> tuple[JobRecord, bool]:
     """Create (or find) the job for ``sub``; returns ``(job, replayed)``.
 
@@ -113,11 +133,30 @@ def submit(state: ServiceState, sub: Submission) -> tuple[JobRecord, bool]:
     the same body created the job. Blocking (decodes the image): call from a thread.
     Raises ``InvalidImage``/``ImageTooLarge``/``BadRequest``/``QueueFull``.
     """
+    prepared = prepare(state, sub)
+    if prepared.replayed:
+        return prepared.job, True
+    try:
+        [job] = commit(state, [prepared])
+    except DuplicateJob:  # a concurrent request with the same key won the race
+        earlier = _replay(state, sub, request_hash(sub))
+        if earlier is None:
+            raise
+        return earlier, True
+    return job, False
+
+
+def prepare(state: ServiceState, sub: Submission) -> Prepared:
+    """Validate and decode ``sub``; the job it becomes (finished at once on a cache hit).
+
+    Nothing is stored yet, except the result files a cache hit links into the job's
+    folder. Raises ``InvalidImage``/``ImageTooLarge``/``BadRequest``.
+    """
     fingerprint = request_hash(sub)
     if sub.idempotency_key:
         earlier = _replay(state, sub, fingerprint)
         if earlier is not None:
-            return earlier, True
+            return Prepared(earlier, sub.data, replayed=True)
     settings = state.settings
     image = load_image(
         sub.data,
@@ -126,6 +165,7 @@ def submit(state: ServiceState, sub: Submission) -> tuple[JobRecord, bool]:
         max_bytes=settings.max_upload_bytes,
         name=sub.filename,
     )
+    panorama = panorama_kind(image, sub.panorama) is not None  # NotAPanorama: a 422
     job = JobRecord(
         id=new_id("job"),
         input_name=sub.filename,
@@ -138,32 +178,52 @@ def submit(state: ServiceState, sub: Submission) -> tuple[JobRecord, bool]:
         idempotency_key=sub.idempotency_key,
         request_hash=fingerprint,
         batch_id=sub.batch_id,
+        panorama=panorama,
     )
     if state.cache.enabled:
-        found = _cache_lookup(state, image, sub.formats, sub.density)
+        found = _cache_lookup(state, image, sub.formats, sub.density, panorama)
         if found is not None:
             key, hit = found
             job = replace(job, cache_key=key)
             if hit:
-                return _finish_from_cache(state, job, hit), False
-    _check_queue(state)
-    state.storage.save_input(job.id, sub.data, job.input_suffix)
+                job = _finished_from_cache(state, job, hit)
+    return Prepared(job, sub.data)
+
+
+def commit(state: ServiceState, prepared: Sequence[Prepared]) -> list[JobRecord]:
+    """Store the prepared jobs at once: all of them, or none.
+
+    Inputs of queued jobs are saved first (a worker never sees a job without its input);
+    the queue limit is checked in the transaction that inserts them, so concurrent
+    submissions cannot exceed it. Raises ``QueueFull`` or ``DuplicateJob`` (nothing is
+    stored then).
+    """
+    fresh = [p for p in prepared if not p.replayed]
     try:
-        state.store.add(job)
-    except sqlite3.IntegrityError:  # a concurrent request with the same key won the race
-        state.storage.delete_job(job.id)
-        earlier = _replay(state, sub, fingerprint)
-        if earlier is None:
-            raise
-        return earlier, True
+        for item in fresh:
+            if item.queued:
+                state.storage.save_input(item.job.id, item.data, item.job.input_suffix)
+        state.store.add_many([p.job for p in fresh], max_queued=state.settings.max_queue)
+    except BaseException:
+        for item in fresh:
+            state.storage.delete_job(item.job.id)
+        raise
+    for item in fresh:
+        if item.queued:
+            state.queue.send(item.job)
+        else:  # finished at birth (a cache hit): its event went to the outbox with it
+            state.metrics.jobs_finished.labels("succeeded").inc()
+            state.webhooks.wake()
     state.notifier.notify()
-    if state.wake_workers is not None:
-        state.wake_workers()
-    return job, False
+    return [p.job for p in prepared]
 
 
 def _cache_lookup(
-    state: ServiceState, image: Any, formats: tuple[str, ...], density: dict[str, Any]
+    state: ServiceState,
+    image: Any,
+    formats: tuple[str, ...],
+    density: dict[str, Any],
+    panorama: bool = False,
 ) -> tuple[str | None, dict | None] | None:
     """``(key, hit files or None)``, or ``None`` when no model id is known to look with.
 
@@ -174,15 +234,19 @@ def _cache_lookup(
     worker with other weights must not file its result under another model's key).
     """
     own = state.model.model_id
-    announced = getattr(state.cache, "model_ids", None)
-    candidates = [own] if own is not None else (announced() if announced else [])
+    candidates = [own] if own is not None else state.cache.model_ids()
     if not candidates:
         return None
     wanted = cache_formats(state.settings, formats)
     key = None
     hit = None
     for model_id in candidates:
-        key = cache_key(image.pixels, focal_px=image.focal_px, model_id=model_id, options=density)
+        key = cache_key(
+            image.pixels,
+            focal_px=image.focal_px,
+            model_id=cache_model_id(model_id, panorama),
+            options=density,
+        )
         hit = state.cache.get(key, wanted)
         if hit:
             break
@@ -202,18 +266,11 @@ def _replay(state: ServiceState, sub: Submission, fingerprint: str) -> JobRecord
     return earlier
 
 
-def _check_queue(state: ServiceState) -> None:
-    queued = state.store.counts()["queued"]
-    if queued >= state.settings.max_queue:
-        raise QueueFull(f"the queue is full ({queued} jobs waiting); retry later", retry_after=10.0)
-
-
-def _finish_from_cache(state: ServiceState, job: JobRecord, files: dict) -> JobRecord:
-    """Record a job that is finished at birth, its files linked from the cache."""
+def _finished_from_cache(state: ServiceState, job: JobRecord, files: dict) -> JobRecord:
+    """The job finished at birth, its files linked from the cache (stored by ``commit``)."""
     outputs = link_cached_outputs(state, job, files)
-    stats = result_stats(state, job, outputs)
     now = time.time()
-    done = replace(
+    return replace(
         job,
         status=JobStatus.SUCCEEDED,
         stage="done",
@@ -221,19 +278,6 @@ def _finish_from_cache(state: ServiceState, job: JobRecord, files: dict) -> JobR
         started_at=now,
         finished_at=now,
         outputs=outputs,
-        stats=stats,
+        stats=result_stats(state, job, outputs),
         cached=True,
     )
-    try:
-        state.store.add(done)
-    except sqlite3.IntegrityError:  # a concurrent request with the same key won the race
-        state.storage.delete_job(job.id)
-        assert job.idempotency_key is not None  # ids are random: only the key can clash
-        earlier = state.store.find_idempotent(job.owner, job.idempotency_key)
-        if earlier is None:
-            raise
-        return earlier
-    state.metrics.jobs_finished.labels("succeeded").inc()
-    state.notifier.notify()
-    publish_outcome(state, done)
-    return done

@@ -52,6 +52,7 @@ def job_view(job: JobRecord, base: str = "") -> JobPublic:
         cached=job.cached,
         cancel_requested=job.cancel_requested,
         batch_id=job.batch_id,
+        panorama=job.panorama,
         links=job_links(job, base),
     )
 

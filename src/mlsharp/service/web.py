@@ -28,6 +28,7 @@ import functools
 import gzip
 import hashlib
 import re
+import sys
 import threading
 from dataclasses import dataclass, field
 from importlib import resources
@@ -40,7 +41,10 @@ from fastapi.responses import RedirectResponse
 from mlsharp.errors import NotFound
 
 if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:
+        from importlib.abc import Traversable
 
 #: URL prefix of the page's assets (the package folder ``mlsharp/web/static``).
 STATIC_PREFIX = "/static"
@@ -244,14 +248,15 @@ def _script_hash(script: str) -> str:
 @functools.cache
 def _docs_page(title: str, openapi_url: str) -> tuple[Asset, str]:
     """Swagger UI's page on the packaged files, and its CSP (built once per title and URL)."""
-    html = get_swagger_ui_html(
+    body = get_swagger_ui_html(
         openapi_url=openapi_url,
         title=f"{title} - Swagger UI",
         swagger_js_url=_static_url("swagger/swagger-ui-bundle.js"),
         swagger_css_url=_static_url("swagger/swagger-ui.css"),
         swagger_favicon_url=_static_url("icon.svg"),
         swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
-    ).body.decode("utf-8")
+    ).body
+    html = bytes(body).decode("utf-8")
     hashes = " ".join(_script_hash(script) for script in _INLINE_SCRIPT.findall(html))
     page = Asset(html.encode("utf-8"), _MEDIA_TYPES[".html"])
     return page, DOCS_CONTENT_SECURITY_POLICY.format(script=hashes)

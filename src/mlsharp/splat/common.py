@@ -20,10 +20,9 @@ rotation it keeps handedness: nothing is mirrored.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import numpy as np
 
+from mlsharp.choices import FRAME_CHOICES, Frame
 from mlsharp.errors import ConfigError, MlsharpError
 from mlsharp.gaussians import Gaussians
 from mlsharp.splat.ply import DEFAULT_FOCAL_PX, DEFAULT_IMAGE_SIZE, linear_to_srgb, srgb_to_linear
@@ -43,9 +42,8 @@ __all__ = [
     "srgb_colors",
 ]
 
-#: Coordinate frames a viewer format can be written in.
-Frame = Literal["opencv", "opengl"]
-FRAMES: tuple[str, ...] = get_args(Frame)
+#: Coordinate frames a viewer format can be written in (mlsharp.choices defines them).
+FRAMES: tuple[str, ...] = FRAME_CHOICES
 
 #: The most splats a reader of a compressed format (.spz, .sog) decodes: 28x what SHARP
 #: predicts and beyond the largest published 3DGS captures. Those files can claim far more

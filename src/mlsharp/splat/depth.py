@@ -10,6 +10,8 @@ splat file has none, and writing a depth format then raises :class:`DepthUnavail
     unless the farthest depth exceeds 65.535 m; then it is the smallest whole number of
     millimetres per unit that fits it. PNG ``tEXt`` chunks record ``depth_scale`` (metres
     per unit), ``depth_units`` (``m``), ``depth_encoding``, ``focal_px`` and ``image_size``.
+    A 360° panorama's map is equirectangular and holds the distance from the centre along
+    each direction (not z); its PNG says so in a ``projection`` chunk.
 ``<stem>.depth.npy`` (format ``depth-npy``)
     The exact float32 (H, W) depth in metres (NumPy ``.npy``).
 ``<stem>.depth.preview.png`` (format ``depth-preview``)
@@ -114,6 +116,8 @@ def write_depth_png(gaussians: Gaussians, dest: str | os.PathLike[str]) -> Path:
         ("Software", f"mlsharp {__version__}"),
     ):
         info.add_text(key, value)
+    if gaussians.metadata.get("panorama"):  # an equirectangular map of distances
+        info.add_text("projection", "equirectangular; value = distance from the centre")
     with atomic_path(dest) as tmp:
         Image.fromarray(values).save(tmp, format="PNG", pnginfo=info)
     return Path(dest)

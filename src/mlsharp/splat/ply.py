@@ -24,12 +24,14 @@ from mlsharp.errors import MlsharpError
 from mlsharp.gaussians import Gaussians
 
 __all__ = [
+    "PANORAMA_COMMENT",
     "PLY_LAYOUT_VERSION",
     "REFERENCE_ELEMENTS",
     "SH_C0",
     "VERTEX_PROPERTIES",
     "PlyFormatError",
     "count_ply",
+    "header_comments",
     "is_reference_layout",
     "linear_to_srgb",
     "ply_header",
@@ -125,9 +127,39 @@ class PlyFormatError(MlsharpError, ValueError):
 # --------------------------------------------------------------------------------------
 
 
-def ply_header(num_vertices: int) -> bytes:
-    """Return the reference's byte-exact ASCII header for ``num_vertices`` Gaussians."""
-    lines = ["ply", "format binary_little_endian 1.0", f"element vertex {int(num_vertices)}"]
+#: Header comment of a scene that surrounds the camera (a 360° panorama, docs/panorama.md).
+PANORAMA_COMMENT = "panorama 360 (one scene around the camera at the origin, +z forward)"
+
+
+def scene_comments(gaussians: Gaussians) -> list[str]:
+    """Header comments a scene's metadata asks for (a panorama says it is one)."""
+    return [PANORAMA_COMMENT] if gaussians.metadata.get("panorama") else []
+
+
+def header_comments(path: str | os.PathLike[str]) -> list[str]:
+    """The ``comment`` lines of a PLY header (without the keyword)."""
+    comments = []
+    with open(path, "rb") as fh:
+        for _ in range(10_000):  # the readers have already validated the header
+            line = fh.readline(1 << 16).decode("ascii", "replace").strip()
+            if line == "end_header" or not line:
+                break
+            if line.startswith("comment "):
+                comments.append(line[len("comment ") :].strip())
+    return comments
+
+
+def is_panorama_file(comments: list[str]) -> bool:
+    """Whether a PLY header's comments say the scene is a 360° panorama."""
+    return any(comment.startswith("panorama ") for comment in comments)
+
+
+def ply_header(num_vertices: int, comments: tuple[str, ...] | list[str] = ()) -> bytes:
+    """Return the reference's byte-exact ASCII header for ``num_vertices`` Gaussians
+    (``comments``, e.g. :data:`PANORAMA_COMMENT`, go after the format line)."""
+    lines = ["ply", "format binary_little_endian 1.0"]
+    lines += [f"comment {comment}" for comment in comments]
+    lines.append(f"element vertex {int(num_vertices)}")
     lines += [f"property float {name}" for name in VERTEX_PROPERTIES]
     for name, count, ply_type in _SUPPLEMENT:
         lines += [f"element {name} {count}", f"property {ply_type} {name}"]
@@ -259,7 +291,8 @@ def write_ply(gaussians: Gaussians, dest: str | os.PathLike[str]) -> Path:
         OSError: the file cannot be written.
     """
     records = _vertex_records(gaussians)
-    chunks = (ply_header(len(gaussians)), records, _supplement_bytes(gaussians, records[:, 2]))
+    header = ply_header(len(gaussians), scene_comments(gaussians))
+    chunks = (header, records, _supplement_bytes(gaussians, records[:, 2]))
     return atomic_write(dest, chunks)
 
 
@@ -484,6 +517,8 @@ def read_ply(path: str | os.PathLike[str]) -> Gaussians:
     version = _supplement(raw, "version")
     if version is not None:
         metadata["ply_version"] = tuple(int(v) for v in version.reshape(-1))
+    if is_panorama_file(header_comments(path)):
+        metadata["panorama"] = True
     return Gaussians(
         positions=positions,
         scales=scales,

@@ -45,7 +45,15 @@ from mlsharp.splat.common import (
     normalized_quaternions,
     srgb_colors,
 )
-from mlsharp.splat.ply import SH_C0, VERTEX_PROPERTIES, PlyFormatError, read_ply_raw
+from mlsharp.splat.ply import (
+    SH_C0,
+    VERTEX_PROPERTIES,
+    PlyFormatError,
+    header_comments,
+    is_panorama_file,
+    read_ply_raw,
+    scene_comments,
+)
 
 __all__ = ["STANDARD_PROPERTIES", "read_standard_ply", "standard_ply_header", "write_standard_ply"]
 
@@ -87,8 +95,10 @@ def standard_ply_header(
     focal_px: float = DEFAULT_FOCAL_PX,
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     layout: Layout = "compact",
+    comments: tuple[str, ...] | list[str] = (),
 ) -> bytes:
-    """The ASCII header of a ``.standard.ply`` with ``num_vertices`` splats."""
+    """The ASCII header of a ``.standard.ply`` with ``num_vertices`` splats (``comments``:
+    extra header comments, e.g. that the scene is a panorama)."""
     width, height = (int(v) for v in image_size)
     lines = [
         "ply",
@@ -97,6 +107,7 @@ def standard_ply_header(
         f"comment frame {frame} ({_FRAME_WORDS[frame]}; camera at the origin)",
         f"comment camera focal_px {float(focal_px)!r} image_size {width} {height}",
         "comment colors f_dc = (sRGB - 0.5) / 0.28209479",
+        *(f"comment {comment}" for comment in comments),
         f"element vertex {int(num_vertices)}",
     ]
     lines += [f"property float {name}" for name in _properties(layout)]
@@ -154,22 +165,14 @@ def write_standard_ply(
         if name in columns:
             records[:, index] = columns[name]
     header = standard_ply_header(
-        n, frame=frame, focal_px=gaussians.focal_px, image_size=gaussians.image_size, layout=layout
+        n,
+        frame=frame,
+        focal_px=gaussians.focal_px,
+        image_size=gaussians.image_size,
+        layout=layout,
+        comments=scene_comments(gaussians),
     )
     return atomic_write(dest, (header, records))
-
-
-def _header_comments(path: Path) -> list[str]:
-    """The ``comment`` lines of a PLY header (without the keyword)."""
-    comments = []
-    with open(path, "rb") as fh:
-        for _ in range(10_000):  # read_ply_raw has already validated the header
-            line = fh.readline(1 << 16).decode("ascii", "replace").strip()
-            if line == "end_header" or not line:
-                break
-            if line.startswith("comment "):
-                comments.append(line[len("comment ") :].strip())
-    return comments
 
 
 def read_standard_ply(path: str | os.PathLike[str], *, frame: Frame | None = None) -> Gaussians:
@@ -195,7 +198,8 @@ def read_standard_ply(path: str | os.PathLike[str], *, frame: Frame | None = Non
         )
     stored_frame: Frame = "opencv"
     focal_px, image_size = DEFAULT_FOCAL_PX, DEFAULT_IMAGE_SIZE
-    for comment in _header_comments(path):
+    comments = header_comments(path)
+    for comment in comments:
         if (match := _FRAME_RE.match(comment)) and match.group(1) in FRAMES:
             stored_frame = match.group(1)  # type: ignore[assignment]
         elif match := _CAMERA_RE.match(comment):
@@ -223,5 +227,6 @@ def read_standard_ply(path: str | os.PathLike[str], *, frame: Frame | None = Non
         focal_px=focal_px,
         image_size=image_size,
         color_space="linearRGB",
-        metadata={"source": str(path), "frame": stored_frame},
+        metadata={"source": str(path), "frame": stored_frame}
+        | ({"panorama": True} if is_panorama_file(comments) else {}),
     )

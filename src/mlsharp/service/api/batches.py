@@ -7,7 +7,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -28,11 +28,13 @@ from mlsharp.service.jobs import BatchRecord, JobRecord, JobStatus, new_id
 from mlsharp.service.schemas import BatchPublic
 from mlsharp.service.state import ServiceState
 from mlsharp.service.submit import (
+    Prepared,
     Submission,
     clean_filename,
+    commit,
     parse_density,
     parse_formats,
-    submit,
+    prepare,
 )
 from mlsharp.service.views import iso, job_view
 
@@ -97,7 +99,7 @@ def _expand_zip(data: bytes, state: ServiceState) -> list[tuple[str, bytes]]:
 
 def batch_view(state: ServiceState, batch: BatchRecord) -> BatchPublic:
     """A batch with its jobs and overall status."""
-    jobs = state.store.jobs_of_batch(batch.job_ids)
+    jobs = state.store.jobs_by_ids(batch.job_ids)
     counts = {s.value: 0 for s in JobStatus}
     for job in jobs:
         counts[job.status.value] += 1
@@ -149,7 +151,7 @@ async def create_batch(
             code="too_many_files",
         )
     batch_id = new_id("batch")
-    jobs: list[JobRecord] = []
+    prepared: list[Prepared] = []
     rejected: list[Rejected] = []
     first_error: MlsharpError | None = None
     for data, name in items:
@@ -165,16 +167,17 @@ async def create_batch(
         try:
             if not data:
                 raise BadRequest("the file is empty", status=422, code="empty_file")
-            job, _ = await run_in_threadpool(submit, state, sub)
-            jobs.append(job)
-        except MlsharpError as error:  # bad image, queue full...: report it, go on
+            prepared.append(await run_in_threadpool(prepare, state, sub))
+        except MlsharpError as error:  # a bad image: report it, go on
             first_error = first_error or error
             rejected.append(Rejected(name=name, error=error.code, message=str(error)))
-    if not jobs:
-        # Nothing accepted: answer with the first image's own error (its status, code
-        # and Retry-After), so a full queue is a 503 and an oversized photo a 413.
+    if not prepared:
+        # Nothing accepted: answer with the first image's own error (its status and
+        # code), so an oversized photo is a 413.
         assert first_error is not None
         raise first_error
+    # All photos or none: a full queue refuses the whole batch (503, Retry-After).
+    jobs = await run_in_threadpool(commit, state, prepared)
     record = BatchRecord(id=batch_id, job_ids=tuple(j.id for j in jobs), owner=owner)
     batch = await run_in_threadpool(state.store.add_batch, record)
     view = await run_in_threadpool(batch_view, state, batch)
@@ -200,7 +203,7 @@ def batch_archive(
     Until all jobs are finished this is ``409`` unless ``partial=true``.
     """
     batch = _find_batch(state, batch_id, owner)
-    jobs = state.store.jobs_of_batch(batch.job_ids)
+    jobs = state.store.jobs_by_ids(batch.job_ids)
     if not partial and not all(j.terminal for j in jobs):
         raise Conflict("the batch is not finished yet; retry later or pass partial=true")
     files = _archive_members(state, jobs)
@@ -238,7 +241,7 @@ class _Pipe(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         self.chunks.append(bytes(data))
         return len(data)
 

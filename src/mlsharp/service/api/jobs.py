@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
 from mlsharp.errors import BadRequest, Conflict, NotFound, RequestError, ServiceUnavailable
 from mlsharp.service.deps import Owner, State, base_url
+from mlsharp.service.files.ports import LocalFile, Redirect, Stream
 from mlsharp.service.http_errors import error_response
 from mlsharp.service.jobs import JobRecord, JobStatus
 from mlsharp.service.schemas import ErrorBody, JobCreated, JobPage, JobPublic
@@ -32,7 +33,9 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 #: Seconds between keep-alive comments on an idle event stream.
 KEEPALIVE_SECONDS = 15.0
-_ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422, 429, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422, 429, 503)
+}
 
 
 def find_job(state: ServiceState, job_id: str, owner: str | None) -> JobRecord:
@@ -62,6 +65,14 @@ MaxSplatsForm = Annotated[
 MinOpacityForm = Annotated[
     float | None, Form(ge=0, lt=1, description="drop splats less opaque than this")
 ]
+PanoramaForm = Annotated[
+    bool | None,
+    Form(
+        description="a 360° panorama (2:1 equirectangular, or a 4:3 cube-map cross): true "
+        "predicts one scene around the camera, false a photo; absent: when the file's GPano "
+        "XMP says equirectangular"
+    ),
+]
 
 
 async def submit_upload(
@@ -74,6 +85,7 @@ async def submit_upload(
     idempotency_key: str | None = None,
     max_splats: int | None = None,
     min_opacity: float | None = None,
+    panorama: bool | None = None,
 ) -> tuple[JobRecord, bool]:
     """Read one uploaded photo and submit it (see :func:`submit`); ``(job, replayed)``."""
     wanted = parse_formats(formats, state.settings.default_formats)
@@ -87,6 +99,7 @@ async def submit_upload(
         density=density,
         owner=owner,
         idempotency_key=check_idempotency_key(idempotency_key),
+        panorama=panorama,
     )
     return await run_in_threadpool(submit, state, sub)
 
@@ -110,6 +123,7 @@ async def create_job(
     formats: FormatsForm = None,
     max_splats: MaxSplatsForm = None,
     min_opacity: MinOpacityForm = None,
+    panorama: PanoramaForm = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobCreated:
     """Queue a photo for 3D prediction; answers at once with the job's id and status URL.
@@ -126,6 +140,7 @@ async def create_job(
         idempotency_key=idempotency_key,
         max_splats=max_splats,
         min_opacity=min_opacity,
+        panorama=panorama,
     )
     status_url = f"{base_url(state)}/v1/jobs/{job.id}"
     response.headers["Location"] = status_url
@@ -143,7 +158,7 @@ def list_jobs(
     status: Annotated[JobStatus | None, Query()] = None,
 ) -> JobPage:
     """Jobs, newest first, a page at a time."""
-    jobs, total = state.store.list(limit=limit, offset=offset, status=status, owner=owner)
+    jobs, total = state.store.page(limit=limit, offset=offset, status=status, owner=owner)
     base = base_url(state)
     following = None
     if offset + len(jobs) < total:
@@ -260,7 +275,9 @@ def job_result(
     request: Request,
     state: State,
     owner: Owner,
-    format: Annotated[str, Query(max_length=32, description="output format, e.g. ply")] = "ply",
+    fmt: Annotated[
+        str, Query(alias="format", max_length=32, description="output format, e.g. ply")
+    ] = "ply",
 ) -> Response:
     """Download one result file (supports ``Range``, ``ETag`` and ``If-None-Match``)."""
     from mlsharp.service.preview import media_type
@@ -268,27 +285,44 @@ def job_result(
     job = find_job(state, job_id, owner)
     if job.status is not JobStatus.SUCCEEDED:
         raise Conflict(f"job {job_id} is {job.status.value}; its result is not available")
-    format = format.strip().lower()  # as submission does (parse_formats): ?format=SPZ works
-    name = job.outputs.get(format)
+    fmt = fmt.strip().lower()  # as submission does (parse_formats): ?format=SPZ works
+    name = job.outputs.get(fmt)
     if name is None:
         available = ", ".join(job.outputs) or "none"
-        raise NotFound(f"job {job_id} has no {format!r} result (available: {available})")
-    remote = getattr(state.storage, "remote_result", None)
-    if remote is not None:  # object storage: streamed or redirected (service.distributed.s3)
-        return remote(job, format, name)
-    path = state.storage.output_path(job_id, name)
-    if not path.is_file():
-        raise NotFound(f"the {format} result of job {job_id} is no longer stored")
+        raise NotFound(f"job {job_id} has no {fmt!r} result (available: {available})")
+    found = state.storage.download(job_id, name, media_type=media_type(fmt))
+    if found is None:
+        raise NotFound(f"the {fmt} result of job {job_id} is no longer stored")
+    if not isinstance(found, LocalFile):  # object storage: redirected or streamed
+        return remote_response(found, name, media_type(fmt))
+    path = found.path
     stat = path.stat()
     check_range(request.headers.get("range"), stat.st_size)
-    etag = f'"{job.id}-{format}-{stat.st_size:x}-{stat.st_mtime_ns:x}"'
+    etag = f'"{job.id}-{fmt}-{stat.st_size:x}-{stat.st_mtime_ns:x}"'
     if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
     return FileResponse(
         path,
-        media_type=media_type(format),  # the scene formats' types, or the preview's PNG
+        media_type=media_type(fmt),  # the scene formats' types, or the preview's PNG
         filename=name,
         headers={"ETag": etag, "Cache-Control": "private, max-age=3600"},
+    )
+
+
+def remote_response(found: Redirect | Stream, name: str, media_type: str) -> Response:
+    """The answer for a result in object storage: a 307 to its presigned URL, or its
+    bytes streamed through."""
+    if isinstance(found, Redirect):
+        return RedirectResponse(found.url, status_code=307, headers={"Cache-Control": "no-store"})
+    return StreamingResponse(
+        found.chunks,
+        media_type=media_type,
+        headers={
+            "Content-Length": str(found.length),
+            "ETag": found.etag,
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "private, max-age=3600",
+        },
     )
 
 

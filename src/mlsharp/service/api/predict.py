@@ -13,6 +13,7 @@ from mlsharp.service.api.jobs import (
     FormatsForm,
     MaxSplatsForm,
     MinOpacityForm,
+    PanoramaForm,
     submit_upload,
     wait_for_job,
 )
@@ -42,6 +43,7 @@ async def predict(
     formats: FormatsForm = None,
     max_splats: MaxSplatsForm = None,
     min_opacity: MinOpacityForm = None,
+    panorama: PanoramaForm = None,
 ) -> PredictResult:
     """Queue the photo like ``POST /v1/jobs`` and answer when its job has finished."""
     job, _ = await submit_upload(
@@ -52,6 +54,7 @@ async def predict(
         owner=owner,
         max_splats=max_splats,
         min_opacity=min_opacity,
+        panorama=panorama,
     )
     final = await wait_for_job(state, job.id, state.settings.sync_timeout_seconds)
     if final is None or not final.terminal:

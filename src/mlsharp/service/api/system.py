@@ -98,17 +98,21 @@ def info(state: State) -> ServiceInfo:
     responses={503: {"model": Ready}, **_ERRORS},
 )
 def ready(state: State, response: Response) -> Ready:
-    """Readiness: 200 once the model is loaded on its device, else 503."""
+    """Readiness: 200 once the model is loaded on its device and the workers run jobs;
+    503 while the model loads or failed, or a worker died, cannot make progress (a full
+    disk) or is stuck on one job past the time limit (``error`` says which)."""
     settings = state.settings
     engine = state.model.engine
+    error = state.model.error
     is_ready = engine is not None
+    if is_ready:
+        error = state.health.problem(settings.job_time_limit_seconds)
+        is_ready = error is None
     if settings.workers == 0:  # an API-only node: ready without a model
         is_ready = True
     if not is_ready:
         response.status_code = 503
-    return Ready(
-        ready=is_ready, device=_device(state), preset=settings.preset, error=state.model.error
-    )
+    return Ready(ready=is_ready, device=_device(state), preset=settings.preset, error=error)
 
 
 @router.get("/v1/stats", response_model=Stats, responses=_ERRORS)

@@ -64,7 +64,7 @@ async def create_webhook(body: WebhookCreate, state: State, owner: Owner) -> Web
 @router.get("", response_model=list[WebhookPublic], responses=_ERRORS)
 def list_webhooks(state: State, owner: Owner) -> list[WebhookPublic]:
     """The caller's webhooks (secrets are not shown)."""
-    return [_public(h) for h in state.webhooks.list(owner)]
+    return [_public(h) for h in state.webhooks.registered(owner)]
 
 
 @router.get("/{webhook_id}", response_model=WebhookPublic, responses=_ERRORS)

@@ -22,6 +22,11 @@ const DEFAULT_FRAMES = {
 };
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 const QUALITY_STORAGE = "mlsharp.quality";
+/** Width / height of an equirectangular 360° panorama, and how far off a photo may be. */
+const PANORAMA_ASPECT = 2;
+const PANORAMA_TOLERANCE = 0.01;
+/** A panorama's stage "view K/N" (service/jobs.py). */
+const VIEW_STAGE = /^view (\d+)\/(\d+)$/;
 /** The download status line moves in steps of this many percent (it is announced). */
 const DOWNLOAD_STEP = 10;
 
@@ -41,6 +46,7 @@ const ui = {
   fileName: $("#file-name"),
   focal: $("#focal"),
   detail: $("#detail"),
+  panorama: $("#panorama"),
   formats: $("#formats"),
   formatList: $("#format-list"),
   submit: $("#submit"),
@@ -316,9 +322,11 @@ function selectFile(file) {
   describeFile(file);
   if (ui.preview.src) URL.revokeObjectURL(ui.preview.src);
   ui.preview.hidden = true;
+  ui.panorama.checked = false;
   ui.preview.onload = () => {
     ui.preview.hidden = false;
     state.photo = { width: ui.preview.naturalWidth, height: ui.preview.naturalHeight };
+    ui.panorama.checked = looksLikePanorama(state.photo);
   };
   ui.preview.onerror = () => {
     ui.preview.hidden = true; // e.g. HEIC, which most browsers cannot show; the server can
@@ -326,6 +334,12 @@ function selectFile(file) {
   ui.preview.src = URL.createObjectURL(file);
   ui.submit.disabled = false;
   loadViewerModule(); // start fetching the viewer while the photo is processed
+}
+
+/** A 2:1 photo is taken for an equirectangular panorama (the user can untick it). */
+function looksLikePanorama({ width, height }) {
+  const aspect = height > 0 ? width / height : 0;
+  return Math.abs(aspect - PANORAMA_ASPECT) <= PANORAMA_TOLERANCE * PANORAMA_ASPECT;
 }
 
 /**
@@ -380,6 +394,8 @@ async function submit(event) {
   const formats = chosenFormats();
   if (formats) body.append("formats", formats);
   if (ui.detail.value) body.append("max_splats", ui.detail.value);
+  // Unticked, the field is left out: the server still reads a panorama's own XMP tag.
+  if (ui.panorama.checked) body.append("panorama", "true");
   ui.submit.disabled = true;
   setStatus("uploading", { name: file.name || "image" });
   try {
@@ -396,6 +412,8 @@ async function submit(event) {
 }
 
 function stageName(stage) {
+  const view = VIEW_STAGE.exec(stage);
+  if (view) return t("stage.view", { index: view[1], total: view[2] });
   return has(`stage.${stage}`) ? t(`stage.${stage}`) : stage;
 }
 
@@ -589,14 +607,24 @@ async function showResult(job) {
     showError(new PageError("no_viewable", { formats: Object.keys(results).join(", ") }));
     return;
   }
-  await showScene(results[format], format, () => jobCamera(job));
+  await showScene(results[format], format, () => jobCamera(job), frameOf(format), {
+    panorama: Boolean(job.panorama),
+  });
 }
 
 /**
  * Download a scene file and show it; `camera` resolves to {vfov, aspect} or {}.
  * `frame` is the file's coordinate frame (default: how the server writes `format`).
+ * A panorama opens from its centre looking forward, in fly mode: dragging looks around
+ * in place, W A S D walk.
  */
-async function showScene(url, format, camera, frame = frameOf(format)) {
+async function showScene(
+  url,
+  format,
+  camera,
+  frame = frameOf(format),
+  { panorama = false } = {},
+) {
   const signal = state.follow?.signal;
   ui.viewer.dataset.ready = "false";
   setStatus("downloadingScene", { percent: "" });
@@ -622,18 +650,25 @@ async function showScene(url, format, camera, frame = frameOf(format)) {
   try {
     const loaded = await viewer.load(bytes, { format, frame, ...view });
     ui.viewer.dataset.splats = String(loaded.splats);
-    setStatus("sceneReady", { count: loaded.splats.toLocaleString(language()) });
+    // load() put the camera at the centre looking forward; a panorama is explored from
+    // there in fly mode. A photo after a panorama goes back to orbiting.
+    // (The focus stays where the user left it: nothing moves it when a job finishes.)
+    if (panorama) setMode("fly", { focus: false });
+    else if (ui.viewer.dataset.panorama === "true") setMode("orbit");
+    ui.viewer.dataset.panorama = String(panorama);
+    const count = loaded.splats.toLocaleString(language());
+    setStatus(panorama ? "panoramaReady" : "sceneReady", { count });
   } catch (error) {
     throw new PageError("viewer", {}, String(error.message || error));
   }
 }
 
-function setMode(mode) {
+function setMode(mode, { focus = true } = {}) {
   for (const button of ui.modeButtons) {
     button.setAttribute("aria-pressed", String(button.dataset.mode === mode));
   }
   state.viewer?.setMode(mode);
-  if (mode === "fly") state.viewer?.canvas.focus();
+  if (mode === "fly" && focus) state.viewer?.canvas.focus();
 }
 
 function toggleFullscreen() {

@@ -37,6 +37,9 @@ import yaml
 
 from tests.powershell import assert_parses
 
+# About 2–3 minutes on 2 cores (several tiny servers, Node, a prediction): over a minute.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "README.zh-CN.md", *sorted((ROOT / "docs").glob("*.md"))]
 PHOTO = ROOT / "examples" / "photo.jpg"

@@ -27,10 +27,12 @@ from mlsharp.runtime.devices import (
     device_label,
     diagnose,
     probe_system,
+    shell_and,
 )
 from mlsharp.runtime.devices import _gpus as gpus_of
 from mlsharp.runtime.doctor import EXIT_CHECKPOINT, EXIT_DEVICE, EXIT_OK, check_checkpoint, examine
 from mlsharp.runtime.options import RuntimeOptions
+from tests.powershell import assert_parses
 
 CPU = CpuInfo(name="Test CPU", architecture="x86_64", threads=4, capability="AVX2")
 LINUX_CPU_ONLY = SystemProbe(
@@ -90,21 +92,45 @@ def test_nvidia_gpu_with_cpu_only_torch_gets_the_pip_command():
     assert "cpu_only" not in codes(probe)  # never "this is fine" next to a problem
 
 
+WINDOWS_NVIDIA = replace(
+    LINUX_CPU_ONLY,
+    system="Windows",
+    machine="AMD64",
+    executable=r"C:\Users\Zoë O'Neil\mlsharp\.venv\Scripts\python.exe",
+    nvidia_smi=r"C:\Windows\System32\nvidia-smi.exe",
+    driver=DriverInfo(
+        tool="nvidia-smi", driver_version="572.16", gpus=("NVIDIA GeForce RTX 4070",)
+    ),
+)
+
+
 def test_windows_nvidia_smi_with_cpu_only_torch_mentions_windows_wheels():
-    probe = replace(
-        LINUX_CPU_ONLY,
-        system="Windows",
-        machine="AMD64",
-        nvidia_smi=r"C:\Windows\System32\nvidia-smi.exe",
-        driver=DriverInfo(
-            tool="nvidia-smi", driver_version="572.16", gpus=("NVIDIA GeForce RTX 4070",)
-        ),
-    )
-    problem = only_problem(probe)
+    problem = only_problem(WINDOWS_NVIDIA)
     assert problem.code == "cpu_only_torch"
     assert "nvidia-smi lists NVIDIA GeForce RTX 4070, driver 572.16" in problem.message
-    assert problem.fix.startswith("py -m pip uninstall -y torch && py -m pip install")
+    # PowerShell (5.1 has no &&), with this environment's interpreter, not `py`'s choice.
+    python = r"& 'C:\Users\Zoë O''Neil\mlsharp\.venv\Scripts\python.exe'"
+    assert problem.fix.startswith(
+        f"{python} -m pip uninstall -y torch; if ($?) {{ {python} -m pip install "
+        f'"torch==2.13.0" --index-url {CUDA_WHEEL_INDEX} }}'
+    )
     assert "on Windows, `pip install torch` from PyPI always installs the CPU-only" in problem.fix
+    command = problem.fix.split("  (on Windows")[0]
+    assert_parses(command, "the Windows fix command")
+
+
+def test_fix_commands_use_the_users_shell():
+    hidden = {"CUDA_VISIBLE_DEVICES": "-1"}
+    linux = replace(LINUX_CPU_ONLY, nvidia_device_nodes=True, torch_cuda="12.8")
+    windows = replace(WINDOWS_NVIDIA, torch_cuda="12.8")
+    assert (
+        "`unset CUDA_VISIBLE_DEVICES`" in only_problem(replace(linux, visible_devices=hidden)).fix
+    )
+    fix = only_problem(replace(windows, visible_devices=hidden)).fix
+    assert "`Remove-Item Env:CUDA_VISIBLE_DEVICES`" in fix
+    assert_parses("Remove-Item Env:CUDA_VISIBLE_DEVICES", "the Windows fix command")
+    assert shell_and(LINUX_CPU_ONLY, "a", "b", "c") == "a && b && c"
+    assert shell_and(WINDOWS_NVIDIA, "a", "b", "c") == "a; if ($?) { b }; if ($?) { c }"
 
 
 def test_nvidia_smi_that_lists_no_gpu_is_not_evidence():

@@ -55,14 +55,49 @@ _config_file_values: ContextVar[dict[str, Any] | None] = ContextVar(
 
 
 def default_data_dir() -> Path:
-    """Where the service keeps jobs, results and its database unless told otherwise."""
+    """Where the service keeps jobs, results and its database unless told otherwise.
+
+    Always apart from the weights cache (``mlsharp.weights.cache_dir``): on Windows that is
+    ``%LOCALAPPDATA%\\mlsharp\\Cache``, so the data go to ``...\\mlsharp\\Data`` (with
+    the data directly in ``...\\mlsharp``, the result cache ``cache`` *was* the weights
+    folder on a case-insensitive disk, and its sweep deleted the 2.8 GB checkpoint)."""
     if sys.platform == "win32":
         base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
+        return base / "mlsharp" / "Data"
+    if sys.platform == "darwin":
         base = Path.home() / "Library" / "Application Support"
     else:
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return base / "mlsharp"
+
+
+# Folders of the data directory whose files the service deletes when it does not know them
+# (the result cache's sweep) or with a job: nothing else may live there.
+SERVICE_OWNED_FOLDERS = ("cache", "jobs", "s3-staging")
+
+
+def check_data_dir_apart(data_dir: Path, weights_dir: Path) -> None:
+    """Refuse a data directory that would share files with the weights cache: the
+    weights folder must not be the data directory itself nor lie inside a folder the
+    service cleans up. Compared without case on Windows and macOS (their disks ignore it).
+
+    Raises:
+        ConfigError: naming both folders and what to change.
+    """
+    fold = sys.platform in ("win32", "darwin")
+
+    def parts(path: Path) -> tuple[str, ...]:
+        resolved = Path(os.path.abspath(path.expanduser())).parts
+        return tuple(p.casefold() for p in resolved) if fold else resolved
+
+    weights, data = parts(weights_dir), parts(data_dir)
+    owned = [(*data, name) for name in SERVICE_OWNED_FOLDERS]
+    if weights == data or any(weights[: len(folder)] == folder for folder in owned):
+        raise ConfigError(
+            f"the data directory {data_dir} holds the weights folder {weights_dir}; the "
+            "service would delete the weights as unknown files: choose another --data-dir "
+            "(or MLSHARP_CACHE for the weights)"
+        )
 
 
 def parse_rate(text: str) -> tuple[int, float]:

@@ -155,6 +155,7 @@ class SystemProbe:
     so a test states only the facts it is about."""
 
     python: str = platform.python_version()
+    executable: str = sys.executable  # the interpreter running mlsharp (for fix commands)
     system: str = platform.system()  # Linux, Windows, Darwin
     machine: str = platform.machine()  # x86_64, AMD64, arm64, aarch64
     torch_version: str = "unknown"
@@ -494,14 +495,41 @@ def auto_device(probe: SystemProbe) -> str:
 
 def torch_install_command(probe: SystemProbe, flavour: Literal["cuda", "rocm"]) -> str:
     """The commands that replace the installed torch with a CUDA or ROCm build of the same
-    version (uninstall first: pip would otherwise keep the installed CPU build)."""
+    version (uninstall first: pip would otherwise keep the installed CPU build), in the
+    syntax of the user's shell (PowerShell on Windows, see :func:`shell_and`)."""
     version = probe.torch_version.split("+", 1)[0]
     index = CUDA_WHEEL_INDEX if flavour == "cuda" else ROCM_WHEEL_INDEX
-    python = "py" if probe.system == "Windows" else "python"
+    python = _python_command(probe)
     pin = f'"torch=={version}"' if re.fullmatch(r"\d+(\.\d+)*", version) else "torch"
-    return (
-        f"{python} -m pip uninstall -y torch && {python} -m pip install {pin} --index-url {index}"
+    return shell_and(
+        probe,
+        f"{python} -m pip uninstall -y torch",
+        f"{python} -m pip install {pin} --index-url {index}",
     )
+
+
+def shell_and(probe: SystemProbe, *commands: str) -> str:
+    """Commands run one after the other, each only if the previous one succeeded, in the
+    user's shell: ``a && b`` (POSIX shells, PowerShell 7) or, on Windows, the form that
+    Windows PowerShell 5.1 also understands (it has no ``&&``): ``a; if ($?) { b }``."""
+    if probe.system != "Windows":
+        return " && ".join(commands)
+    first, *rest = commands
+    return first + "".join(f"; if ($?) {{ {command} }}" for command in rest)
+
+
+def _python_command(probe: SystemProbe) -> str:
+    """How to call the Python that runs mlsharp: ``python`` on POSIX; on Windows its full
+    path through PowerShell's call operator, so the fix lands in this environment even when
+    the venv is not activated (``py`` would pick the system's Python)."""
+    if probe.system != "Windows" or not probe.executable:
+        return "python"
+    return "& '" + probe.executable.replace("'", "''") + "'"
+
+
+def unset_variable_command(probe: SystemProbe, name: str) -> str:
+    """The command that removes environment variable ``name`` in the user's shell."""
+    return f"Remove-Item Env:{name}" if probe.system == "Windows" else f"unset {name}"
 
 
 def _gib(n: int | None) -> str:
@@ -631,7 +659,8 @@ def _nvidia_findings(probe: SystemProbe) -> list[Finding]:
                 "problem",
                 "cuda_hidden",
                 f"an NVIDIA GPU is present ({evidence}) but {hidden} hides it from torch.",
-                "unset CUDA_VISIBLE_DEVICES or set it to the GPU index to use (e.g. 0)",
+                f"`{unset_variable_command(probe, 'CUDA_VISIBLE_DEVICES')}`, or set it to the "
+                "GPU index to use (e.g. 0)",
             )
         ]
     why = f" torch says: {probe.cuda_unavailable_reason}" if probe.cuda_unavailable_reason else ""

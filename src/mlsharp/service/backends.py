@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mlsharp.config import Settings
+from mlsharp.config import Settings, check_data_dir_apart
 from mlsharp.service.auth import ApiKeys
 from mlsharp.service.cache import ResultCache
 from mlsharp.service.database import Database, merge_old_file
@@ -38,7 +38,10 @@ from mlsharp.service.webhooks import WebhookService
 
 def build_state(settings: Settings, metrics: Metrics | None = None) -> ServiceState:
     """The service's parts for ``settings`` (see the module docstring)."""
+    from mlsharp.weights import cache_dir
+
     metrics = metrics or Metrics()
+    check_data_dir_apart(Path(settings.data_dir), cache_dir())
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     state = _scale_out(settings, metrics) if settings.queue else _embedded(settings, metrics)
     metrics.attach(

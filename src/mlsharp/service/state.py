@@ -10,7 +10,6 @@ the queue.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -117,7 +116,9 @@ class ServiceState:
                 "reserved": float(torch.cuda.memory_reserved(engine.device)),
                 "total": float(torch.cuda.get_device_properties(engine.device).total_memory),
             }
-        return {"process_rss": float(_process_rss())}
+        from mlsharp.runtime.peak import process_memory
+
+        return process_memory()
 
     def close(self) -> None:
         """Stop background delivery and close the databases and connections."""
@@ -147,16 +148,6 @@ def _options_suffix(engine: Engine) -> str:
 
     options = engine.options
     return "" if options == RuntimeOptions() else f":{options.label()}"
-
-
-def _process_rss() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
-        import resource  # not on Windows; fine: /proc is Linux-only anyway
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def checkpoint_digest(path: Path | None, data_dir: Path) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, UploadFile
+from fastapi import APIRouter, File, Request, UploadFile
 
 from mlsharp.errors import RequestError
 from mlsharp.service.api.jobs import (
@@ -17,7 +17,7 @@ from mlsharp.service.api.jobs import (
     submit_upload,
     wait_for_job,
 )
-from mlsharp.service.deps import Owner, State, base_url
+from mlsharp.service.deps import Owner, State
 from mlsharp.service.jobs import JobStatus
 from mlsharp.service.schemas import ErrorBody, JobError, PredictResult
 from mlsharp.service.views import job_links
@@ -36,6 +36,7 @@ class PredictTimeout(RequestError):
     "/predict", response_model=PredictResult, responses={504: {"model": ErrorBody}, **_ERRORS}
 )
 async def predict(
+    request: Request,
     state: State,
     owner: Owner,
     file: Annotated[UploadFile, File(description="the photo")],
@@ -45,7 +46,10 @@ async def predict(
     min_opacity: MinOpacityForm = None,
     panorama: PanoramaForm = None,
 ) -> PredictResult:
-    """Queue the photo like ``POST /v1/jobs`` and answer when its job has finished."""
+    """Queue the photo like ``POST /v1/jobs`` and answer when its job has finished.
+
+    The URLs are absolute (``public_url``, else the address the client called), as the
+    earlier product's clients expect: they download ``url`` as it is."""
     job, _ = await submit_upload(
         state,
         file,
@@ -62,7 +66,8 @@ async def predict(
             f"job {job.id} did not finish within {state.settings.sync_timeout_seconds:g} s; "
             f"it continues: follow GET /v1/jobs/{job.id}"
         )
-    urls = job_links(final, base_url(state)).results
+    base = state.settings.public_url or str(request.base_url).rstrip("/")
+    urls = job_links(final, base).results
     elapsed = (final.finished_at or final.created_at) - final.created_at
     return PredictResult(
         task_id=final.id,

@@ -113,6 +113,13 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         job=True,
     ),
     ErrorCode(
+        "non_finite_output",
+        500,
+        "the network predicted NaN or infinite values for this photo (nothing is written; "
+        "other photos of its batch keep their results)",
+        job=True,
+    ),
+    ErrorCode(
         "queue_full",
         503,
         "`max_queue` jobs are waiting, or a batch's photos do not all fit (a batch is queued "

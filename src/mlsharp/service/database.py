@@ -40,6 +40,8 @@ class Database:
         """The connection inside one ``BEGIN IMMEDIATE`` transaction, committed unless
         an error escapes; SQLite's disk errors become ``StorageError``s."""
         with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self.what} is closed")
             db = self._conn
             try:
                 db.execute("BEGIN IMMEDIATE")

@@ -19,15 +19,14 @@ import contextlib
 import logging
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from mlsharp.errors import CorruptDatabase
 from mlsharp.service.cache.policy import ResultCache
 from mlsharp.service.cache.ports import Outcome
-from mlsharp.service.disk import open_database, storage_error
+from mlsharp.service.database import Database
 from mlsharp.service.files.local import LocalBlobs
 
 log = logging.getLogger("mlsharp.service")
@@ -69,43 +68,24 @@ class SQLiteCacheIndex:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = self._open(self.path)
+        self._db = self._open(self.path)
 
     @staticmethod
-    def _open(path: Path) -> sqlite3.Connection:
+    def _open(path: Path) -> Database:
+        what = "the result cache index"
         try:
-            return open_database(path, what="the result cache index", schema=SCHEMA)
+            return Database(path, what=what, schema=SCHEMA)
         except CorruptDatabase as error:
             aside = path.with_name(f"{path.name}.corrupt-{time.time_ns()}")
             log.warning("%s; starting an empty cache (the old index is kept as %s)", error, aside)
             os.replace(path, aside)
             for suffix in ("-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
-            return open_database(path, what="the result cache index", schema=SCHEMA)
+            return Database(path, what=what, schema=SCHEMA)
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """The lock and one write transaction; SQLite errors become ``StorageError``."""
-        with self._lock:
-            if self._db is None:
-                raise RuntimeError("the result cache is closed")
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-            except sqlite3.Error as error:
-                known = storage_error(error, f"the result cache index {self.path}")
-                if known is None:
-                    raise
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise known from error
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One write transaction under the lock; SQLite errors become ``StorageError``."""
+        return self._db.write()
 
     def formats(self, key: str) -> dict[str, int]:
         """The formats of entry ``key`` with their sizes."""
@@ -186,10 +166,7 @@ class SQLiteCacheIndex:
 
     def close(self) -> None:
         """Close the index. Safe to call twice."""
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        self._db.close()
 
 
 def _tick(db: sqlite3.Connection) -> int:

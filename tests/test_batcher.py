@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from mlsharp.engine import Engine
+from mlsharp.errors import NonFiniteOutput
 from mlsharp.imaging import load_image
 from mlsharp.runtime.batcher import Batcher
 from tests.test_precision import FP32_ROUNDING, assert_close, structured_photo
@@ -136,6 +137,19 @@ def test_a_photo_that_breaks_the_shared_forward_fails_alone(engine, photos, sing
     assert batcher.batch_sizes == [1, 2]
     # The batcher is not stuck: the next call runs.
     assert batcher.predict(photos[2]).metadata["source"] == photos[2].name
+
+
+def test_a_photo_whose_output_is_not_finite_fails_alone(engine, photos, singles):
+    """A focal length of 1e-300 px (possible before focal lengths were validated) makes
+    the covariances non-finite: that photo fails with NonFiniteOutput, its batch mates
+    succeed."""
+    absurd = dataclasses.replace(photos[1], focal_px=1e-300, name="absurd.png")
+    batcher = Batcher(engine, 8)
+    results, errors = run_concurrently(batcher, [photos[0], absurd, photos[2]])
+    assert isinstance(errors[1], NonFiniteOutput), errors[1]
+    assert "absurd.png" in str(errors[1])
+    assert errors[0] is None and errors[2] is None
+    assert_close(results[2], singles[2], FP32_ROUNDING)
 
 
 def test_one_caller_runs_straight_through(engine, photos, singles):

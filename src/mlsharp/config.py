@@ -235,6 +235,17 @@ class Settings(BaseSettings):
     max_pixels: int = Field(50_000_000, ge=1, description="largest accepted image (width*height)")
     max_queue: int = Field(100, ge=1, description="queued jobs before new ones get 503")
     max_batch_files: int = Field(50, ge=1, description="images accepted in one batch")
+    max_batch_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="total bytes of one batch's photos, a zip counted unpacked "
+        "(default: twice max_upload_bytes)",
+    )
+    max_decode_bytes: int = Field(
+        2 * 2**30,
+        ge=1,
+        description="memory the images decoded at once may take (estimated from headers)",
+    )
     result_ttl_hours: float = Field(
         168.0, ge=0, description="hours finished jobs stay downloadable (0: forever)"
     )
@@ -247,12 +258,28 @@ class Settings(BaseSettings):
     cache_enabled: bool = Field(True, description="reuse results for identical inputs")
     cache_max_bytes: int = Field(2 * 2**30, ge=0, description="disk budget of the result cache")
     previews: bool = Field(True, description="render a .preview.png thumbnail for each job")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="time a client has to send a request's headers"
+    )
+    body_timeout_seconds: float = Field(
+        120.0, gt=0, description="time a client has to send a request's whole body"
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="open connections and requests before new ones get 503"
+    )
 
     # --- access control ---
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="accepted API keys (comma-separated); empty: open"
     )
     rate_limit: str | None = Field(None, description="requests per key, e.g. 30/minute")
+    auth_failure_limit: str | None = Field(
+        "10/minute", description="wrong API keys per client address before it gets 429"
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses of reverse proxies whose X-Forwarded-For names the client",
+    )
     protect_health: bool = Field(False, description="require a key for /v1/health and /v1/ready")
     protect_metrics: bool = Field(False, description="require a key for /metrics")
     cors_origins: Annotated[list[str], NoDecode] = Field(
@@ -315,7 +342,9 @@ class Settings(BaseSettings):
         "info", description="least severe log level shown"
     )
 
-    @field_validator("api_keys", "cors_origins", "default_formats", mode="before")
+    @field_validator(
+        "api_keys", "cors_origins", "default_formats", "trusted_proxies", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -362,7 +391,7 @@ class Settings(BaseSettings):
     def _check_device(cls, value: str) -> str:
         return check_device_name(value)
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "auth_failure_limit")
     @classmethod
     def _check_rate(cls, value: str | None) -> str | None:
         if value in (None, "", "none", "off"):
@@ -443,6 +472,11 @@ class Settings(BaseSettings):
     def rate(self) -> tuple[int, float] | None:
         """The parsed :attr:`rate_limit`, or ``None`` when unlimited."""
         return parse_rate(self.rate_limit) if self.rate_limit else None
+
+    def auth_failure_rate(self) -> tuple[int, float] | None:
+        """The parsed :attr:`auth_failure_limit`, or ``None`` when wrong keys are not
+        throttled."""
+        return parse_rate(self.auth_failure_limit) if self.auth_failure_limit else None
 
     def masked(self) -> dict[str, Any]:
         """The settings as JSON-ready values with secrets replaced by a mask."""

@@ -13,6 +13,7 @@ from mlsharp.commands.output import SceneOutput, describe_outputs
 from mlsharp.config import Settings
 from mlsharp.errors import MlsharpError, NotAPanorama, OutputError, OutputExists
 from mlsharp.imaging import check_focal_mm, is_supported_path
+from mlsharp.names import safe_stem
 
 if TYPE_CHECKING:
     from mlsharp.engine import Engine
@@ -55,9 +56,11 @@ def plan_jobs(
 
     A file given directly goes to ``OUTDIR/<stem><suffix>``; files found in a folder keep
     their sub-folder below it (``OUTDIR/<sub>/<stem><suffix>``) so equal names in different
-    folders do not collide. A photo whose outputs would overwrite another photo's, or an
-    existing file without ``overwrite``, is reported as a failure instead (none of its
-    files is written), so nothing is ever clobbered by accident.
+    folders do not collide. The stem is the file name made safe
+    (:func:`mlsharp.names.safe_stem`: no control characters, at most 128 bytes). A photo
+    whose outputs would overwrite another photo's, or an existing file without
+    ``overwrite``, is reported as a failure instead (none of its files is written), so
+    nothing is ever clobbered by accident.
     """
     jobs: list[Job] = []
     failures: list[tuple[str, str]] = []
@@ -68,9 +71,9 @@ def plan_jobs(
             found = _images_in(path)
             if not found:
                 failures.append((raw, "no supported images in this folder"))
-            pairs = [(p, outdir / p.relative_to(path).parent / p.stem) for p in found]
+            pairs = [(p, outdir / p.relative_to(path).parent / safe_stem(p.name)) for p in found]
         elif path.is_file():
-            pairs = [(path, outdir / path.stem)]
+            pairs = [(path, outdir / safe_stem(path.name))]
         else:
             failures.append((raw, "no such file or folder"))
             continue
@@ -257,6 +260,8 @@ def _write_one(
     if "panorama" in gaussians.metadata:
         _report_panorama(job, written, kept, gaussians, image, decode, write)
         return
+    if image.focal_warning:  # an absurd EXIF focal length: the default was used
+        _report(f"warning: {job.source}: {image.focal_warning}")
     _report(
         f"{job.source} -> {written} ({kept} Gaussians, "
         f"{image.width}x{image.height}, f={image.focal_px:.1f}px [{image.focal_source}]; "

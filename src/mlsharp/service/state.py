@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlsharp.config import Settings
+from mlsharp.imaging import DecodeBudget
 from mlsharp.service.auth import ApiKeys
 from mlsharp.service.cache import ResultCache
 from mlsharp.service.events import ChangeNotifier
@@ -71,6 +72,11 @@ class ServiceState:
     started_at: float = field(default_factory=time.time)
     #: Released by :meth:`close` after the parts (a database, the Redis connection pool).
     closers: list[Callable[[], None]] = field(default_factory=list)
+    #: Memory for decoding photos, shared by requests and workers (``max_decode_bytes``).
+    decode_budget: DecodeBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.decode_budget = DecodeBudget(self.settings.max_decode_bytes)
 
     def load_model(self) -> None:
         """Load the engine (runs on a background thread); records success or the error."""

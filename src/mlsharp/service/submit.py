@@ -22,6 +22,7 @@ from typing import Any
 from mlsharp.errors import BadRequest
 from mlsharp.imaging import load_image
 from mlsharp.panorama import cache_model_id, panorama_kind
+from mlsharp.names import safe_name
 from mlsharp.service.cache import cache_key
 from mlsharp.service.jobs import DuplicateJob, JobRecord, JobStatus, new_id
 from mlsharp.service.jobs.runner import link_cached_outputs, result_stats
@@ -81,10 +82,9 @@ def parse_density(max_splats: int | None, min_opacity: float | None) -> dict[str
 
 
 def clean_filename(name: str | None) -> str:
-    """A safe display name for an uploaded file (no folders, no control characters)."""
-    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    base = "".join(ch for ch in base if ch.isprintable()).strip()[:120]
-    return base or "image"
+    """A safe display name for an uploaded file: :func:`mlsharp.names.safe_name` (no
+    folders, no control characters, at most ``MAX_NAME_BYTES`` bytes)."""
+    return safe_name(name)
 
 
 def request_hash(sub: Submission) -> str:
@@ -163,6 +163,7 @@ def prepare(state: ServiceState, sub: Submission) -> Prepared:
         focal_mm=sub.focal_mm,
         max_pixels=settings.max_pixels,
         max_bytes=settings.max_upload_bytes,
+        decode_budget=state.decode_budget,
         name=sub.filename,
     )
     panorama = panorama_kind(image, sub.panorama) is not None  # NotAPanorama: a 422

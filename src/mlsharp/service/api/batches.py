@@ -7,15 +7,17 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO, cast
 
 from fastapi import APIRouter, File, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from mlsharp.config import Settings
 from mlsharp.errors import BadRequest, Conflict, MlsharpError, NotFound
 from mlsharp.imaging import is_supported_path
+from mlsharp.names import content_disposition, safe_name
 from mlsharp.service.api.jobs import (
     _ERRORS,
     FocalMmForm,
@@ -56,33 +58,80 @@ class BatchCreated(BatchPublic):
     rejected: list[Rejected]
 
 
-def _expand_zip(data: bytes, state: ServiceState) -> list[tuple[str, bytes]]:
-    """The supported images inside a zip (by extension), within the configured limits."""
-    limit = state.settings.max_upload_bytes
+#: Entries a batch zip may list in all (folders and skipped files included): bounds the
+#: memory of reading its directory before any member is looked at.
+MAX_ZIP_ENTRIES = 10_000
+_CENTRAL_DIRECTORY_ENTRY = b"PK\x01\x02"
+
+
+def batch_byte_limit(settings: Settings) -> int:
+    """The most bytes a batch's photos may add up to (zips counted unpacked)."""
+    return settings.max_batch_bytes or 2 * settings.max_upload_bytes
+
+
+def _too_large(limit: int) -> BadRequest:
+    return BadRequest(
+        f"the batch's photos add up to more than the limit of {limit:,} bytes "
+        "(max_batch_bytes; a zip counts unpacked)",
+        status=413,
+        code="payload_too_large",
+    )
+
+
+def _too_many(count: int, settings: Settings) -> BadRequest:
+    return BadRequest(
+        f"the batch holds {count} images; at most {settings.max_batch_files} are accepted",
+        status=413,
+        code="too_many_files",
+    )
+
+
+def _is_photo_member(member: zipfile.ZipInfo) -> bool:
+    """A member worth submitting: a file with an image extension, not hidden, not macOS's
+    resource forks. Windows zips separate folders with backslashes."""
+    path = PurePosixPath(member.filename.replace("\\", "/"))
+    return (
+        not member.is_dir()
+        and not path.name.startswith(".")
+        and "__MACOSX" not in path.parts
+        and is_supported_path(path.name)
+    )
+
+
+def _expand_zip(data: bytes, settings: Settings) -> list[tuple[str, bytes]]:
+    """The photos inside a zip (by extension), each with its :func:`safe_name`.
+
+    Bounded before and while unpacking: at most ``MAX_ZIP_ENTRIES`` entries (counted
+    before the directory is parsed), ``max_batch_files`` photos, and
+    :func:`batch_byte_limit` bytes in all, by the declared sizes first and by the bytes
+    actually inflated while reading (a zip bomb stops at the limit). Zips inside the zip
+    are not opened: they are not photos.
+    """
+    if data.count(_CENTRAL_DIRECTORY_ENTRY) > MAX_ZIP_ENTRIES:
+        raise BadRequest(
+            f"the zip lists more than {MAX_ZIP_ENTRIES:,} entries",
+            status=413,
+            code="too_many_files",
+        )
+    limit = batch_byte_limit(settings)
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        members = [
-            m
-            for m in archive.infolist()
-            if not m.is_dir()
-            and not PurePosixPath(m.filename).name.startswith(".")
-            and "__MACOSX" not in m.filename
-            and is_supported_path(m.filename)
-        ]
-        if len(members) > state.settings.max_batch_files:
-            raise BadRequest(
-                f"the zip holds {len(members)} images; at most "
-                f"{state.settings.max_batch_files} are accepted per batch",
-                status=413,
-                code="too_many_files",
-            )
-        if sum(m.file_size for m in members) > 8 * limit:  # bounds a zip bomb
-            raise BadRequest(
-                "the zip expands to more than the allowed size",
-                status=413,
-                code="payload_too_large",
-            )
-        return [(PurePosixPath(m.filename).name, archive.read(m)) for m in members]
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = [m for m in archive.infolist() if _is_photo_member(m)]
+            if len(members) > settings.max_batch_files:
+                raise _too_many(len(members), settings)
+            if sum(m.file_size for m in members) > limit:
+                raise _too_large(limit)
+            photos, total = [], 0
+            for member in members:
+                chunks = []
+                with archive.open(member) as source:
+                    while chunk := source.read(1 << 20):
+                        total += len(chunk)
+                        if total > limit:
+                            raise _too_large(limit)
+                        chunks.append(chunk)
+                photos.append((safe_name(member.filename), b"".join(chunks)))
+            return photos
     # zlib.error: corrupt deflate data; RuntimeError: encrypted member;
     # NotImplementedError: unknown compression method.
     except (
@@ -134,22 +183,21 @@ async def create_batch(
     min_opacity: MinOpacityForm = None,
 ) -> BatchCreated:
     """One job per image. Images that fail validation are listed in ``rejected``."""
-    wanted = parse_formats(formats, state.settings.default_formats)
+    settings = state.settings
+    wanted = parse_formats(formats, settings.default_formats)
     density = parse_density(max_splats, min_opacity)
+    if len(files) > settings.max_batch_files:
+        raise _too_many(len(files), settings)
     items = [(await f.read(), clean_filename(f.filename)) for f in files]
     if len(items) == 1 and items[0][0].startswith(_ZIP_MAGIC):
         # Unpacking (and the store calls below) block: off the event loop, so one large
         # zip or a slow job store (Redis) does not stall every other request.
-        expanded = await run_in_threadpool(_expand_zip, items[0][0], state)
+        expanded = await run_in_threadpool(_expand_zip, items[0][0], settings)
         items = [(data, name) for name, data in expanded]
+    elif sum(len(data) for data, _ in items) > batch_byte_limit(settings):
+        raise _too_large(batch_byte_limit(settings))
     if not items:
         raise BadRequest("the batch holds no images", status=422, code="empty_batch")
-    if len(items) > state.settings.max_batch_files:
-        raise BadRequest(
-            f"at most {state.settings.max_batch_files} images per batch",
-            status=413,
-            code="too_many_files",
-        )
     batch_id = new_id("batch")
     prepared: list[Prepared] = []
     rejected: list[Rejected] = []
@@ -206,11 +254,13 @@ def batch_archive(
     jobs = state.store.jobs_by_ids(batch.job_ids)
     if not partial and not all(j.terminal for j in jobs):
         raise Conflict("the batch is not finished yet; retry later or pass partial=true")
-    files = _archive_members(state, jobs)
+    # Open every file now: an open file stays readable on POSIX when a client deletes
+    # its job during the download, so the archive is never cut half-way.
+    members = _open_members(_archive_members(state, jobs))
     return StreamingResponse(
-        _stream_zip(files),
+        _stream_zip(members),
         media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{batch_id}.zip"'},
+        headers={"Content-Disposition": content_disposition(f"{batch.id}.zip")},
     )
 
 
@@ -221,15 +271,32 @@ def _archive_members(state: ServiceState, jobs: list[JobRecord]) -> list[tuple[s
             continue
         # The formats the client asked for; the page's thumbnail (`preview`) stays out.
         for name in (job.outputs[fmt] for fmt in job.formats if fmt in job.outputs):
-            path = state.storage.output_path(job.id, name)
-            if not path.is_file():
+            try:
+                path = state.storage.output_path(job.id, name)
+            except ValueError:  # a name an older version stored unchecked: skip it
                 continue
-            arcname = name
+            arcname = safe_name(name, default=f"{job.id}-{name.rsplit('.', 1)[-1]}")
             if arcname in used:  # two photos with the same name: keep both
-                arcname = f"{job.id}/{name}"
+                arcname = f"{job.id}/{arcname}"
             used.add(arcname)
             members.append((arcname, path))
     return members
+
+
+def _open_members(members: list[tuple[str, Path]]) -> list[tuple[str, BinaryIO]]:
+    """Open the files of ``members``; those already gone are left out."""
+    opened = []
+    try:
+        for arcname, path in members:
+            try:
+                opened.append((arcname, cast(BinaryIO, open(path, "rb"))))  # noqa: SIM115
+            except (FileNotFoundError, IsADirectoryError):
+                continue
+    except BaseException:
+        for _, source in opened:
+            source.close()
+        raise
+    return opened
 
 
 class _Pipe(io.RawIOBase):
@@ -250,13 +317,19 @@ class _Pipe(io.RawIOBase):
         return data
 
 
-def _stream_zip(members: list[tuple[str, Path]]) -> Iterator[bytes]:
+def _stream_zip(members: list[tuple[str, BinaryIO]]) -> Iterator[bytes]:
+    """The zip of ``members`` (already open; each is closed once written, all at the end
+    if the client goes away)."""
     sink = _Pipe()
-    # PLY data compresses poorly and fast download matters more: store, don't deflate.
-    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as archive:
-        for arcname, path in members:
-            with open(path, "rb") as source, archive.open(arcname, "w", force_zip64=True) as dest:
-                while chunk := source.read(1 << 20):
-                    dest.write(chunk)
-                    yield sink.take()
-    yield sink.take()
+    try:
+        # PLY data compresses poorly and fast download matters more: store, don't deflate.
+        with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as archive:
+            for arcname, source in members:
+                with source, archive.open(arcname, "w", force_zip64=True) as dest:
+                    while chunk := source.read(1 << 20):
+                        dest.write(chunk)
+                        yield sink.take()
+        yield sink.take()
+    finally:
+        for _, source in members:
+            source.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -12,6 +13,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
 from mlsharp.errors import BadRequest, Conflict, NotFound, RequestError, ServiceUnavailable
+from mlsharp.imaging import MAX_FOCAL_MM, MIN_FOCAL_MM
+from mlsharp.names import content_disposition
 from mlsharp.service.deps import Owner, State, base_url
 from mlsharp.service.files.ports import LocalFile, Redirect, Stream
 from mlsharp.service.http_errors import error_response
@@ -48,7 +51,12 @@ def find_job(state: ServiceState, job_id: str, owner: str | None) -> JobRecord:
 
 #: Form fields shared by every endpoint that accepts photos.
 FocalMmForm = Annotated[
-    float | None, Form(gt=0, le=10000, description="35 mm-equivalent focal length")
+    float | None,
+    Form(
+        ge=MIN_FOCAL_MM,
+        le=MAX_FOCAL_MM,
+        description=f"35 mm-equivalent focal length, {MIN_FOCAL_MM:g} to {MAX_FOCAL_MM:g} mm",
+    ),
 ]
 FormatsForm = Annotated[
     str | None, Form(max_length=200, description="comma-separated output formats")
@@ -297,15 +305,18 @@ def job_result(
         return remote_response(found, name, media_type(fmt))
     path = found.path
     stat = path.stat()
-    check_range(request.headers.get("range"), stat.st_size)
     etag = f'"{job.id}-{fmt}-{stat.st_size:x}-{stat.st_mtime_ns:x}"'
-    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+    if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers={"ETag": etag})
+    check_range(request.headers.get("range"), stat.st_size)
     return FileResponse(
         path,
         media_type=media_type(fmt),  # the scene formats' types, or the preview's PNG
-        filename=name,
-        headers={"ETag": etag, "Cache-Control": "private, max-age=3600"},
+        headers={
+            "ETag": etag,
+            "Cache-Control": "private, max-age=3600",
+            "Content-Disposition": content_disposition(name),
+        },
     )
 
 
@@ -320,10 +331,29 @@ def remote_response(found: Redirect | Stream, name: str, media_type: str) -> Res
         headers={
             "Content-Length": str(found.length),
             "ETag": found.etag,
-            "Content-Disposition": f'attachment; filename="{name}"',
+            "Content-Disposition": content_disposition(name),
             "Cache-Control": "private, max-age=3600",
         },
     )
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match`` header matches the current ``etag`` (RFC 9110 13.1.2).
+
+    ``*`` matches any current representation; otherwise the listed tags are compared
+    weakly (``W/"x"`` matches ``"x"``), as this header requires.
+    """
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    wanted = _opaque_tag(etag)
+    return any(_opaque_tag(tag) == wanted for tag in if_none_match.split(","))
+
+
+def _opaque_tag(tag: str) -> str:
+    tag = tag.strip()
+    return tag[2:] if tag[:2] in ("W/", "w/") else tag
 
 
 class RangeNotSatisfiable(RequestError):
@@ -333,6 +363,14 @@ class RangeNotSatisfiable(RequestError):
     code = "range_not_satisfiable"
 
 
+#: One ``first-last`` part of a byte range: ASCII digits only (``str.isdigit`` also takes
+#: "²" or Arabic-Indic digits, which ``int`` then refuses), at most 18 of them (an exabyte;
+#: thousands of digits made ``int`` itself fail).
+_RANGE_PART = re.compile(r"^([0-9]{0,18})-([0-9]{0,18})$")
+#: Parts accepted in one ``Range`` header (each becomes a part of a multipart answer).
+MAX_RANGE_PARTS = 16
+
+
 def check_range(header: str | None, size: int) -> None:
     """Refuse malformed (400) or unsatisfiable (416) ``Range`` headers in the error schema.
 
@@ -340,17 +378,19 @@ def check_range(header: str | None, size: int) -> None:
     """
     if header is None:
         return
+    malformed = BadRequest(f"malformed Range header {header[:100]!r}", code="invalid_range")
     unit, _, spec = header.partition("=")
     parts = [p.strip() for p in spec.split(",")] if spec else []
-    if unit.strip().lower() != "bytes" or not parts:
-        raise BadRequest(f"malformed Range header {header[:100]!r}", code="invalid_range")
+    if unit.strip().lower() != "bytes" or not parts or len(parts) > MAX_RANGE_PARTS:
+        raise malformed
     satisfiable = False
     for part in parts:
-        first, dash, last = part.partition("-")
-        if not dash or not (first or last) or not (first + last).isdigit():
-            raise BadRequest(f"malformed Range header {header[:100]!r}", code="invalid_range")
+        match = _RANGE_PART.match(part)
+        if match is None or not (match[1] or match[2]):
+            raise malformed
+        first, last = match[1], match[2]
         if first and last and int(last) < int(first):
-            raise BadRequest(f"malformed Range header {header[:100]!r}", code="invalid_range")
+            raise malformed
         if (first and int(first) < size) or (not first and int(last) > 0):
             satisfiable = True
     if not satisfiable:

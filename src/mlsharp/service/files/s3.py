@@ -30,6 +30,7 @@ from typing import Any
 from mlsharp._atomic import temp_path_for
 from mlsharp.config import Settings
 from mlsharp.errors import ConfigError, ServiceUnavailable
+from mlsharp.names import content_disposition
 from mlsharp.service.files.local import check_blob_name, check_file_name, check_job_id
 from mlsharp.service.files.ports import Download, Redirect, Stream
 from mlsharp.service.optional import require
@@ -156,7 +157,7 @@ class S3Blobs:
             Params={
                 "Bucket": self.bucket,
                 "Key": self.key(name),
-                "ResponseContentDisposition": f'attachment; filename="{filename}"',
+                "ResponseContentDisposition": content_disposition(filename),
                 "ResponseContentType": media_type,
             },
             ExpiresIn=seconds,

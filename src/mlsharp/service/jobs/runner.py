@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 from mlsharp._atomic import link_or_copy
 from mlsharp.errors import MlsharpError, ServiceUnavailable, StorageError, StorageFull
+from mlsharp.names import safe_stem
 from mlsharp.panorama import cache_model_id
 from mlsharp.runtime.batcher import Batcher
 from mlsharp.service.cache import cache_key
@@ -59,7 +60,8 @@ def output_name(job: JobRecord, fmt: str) -> str:
     from mlsharp.splat import SUFFIXES
 
     suffix = PREVIEW_SUFFIX if fmt == PREVIEW_FORMAT else SUFFIXES[fmt]
-    return f"{Path(job.input_name).stem or 'scene'}{suffix}"
+    # safe_stem again: records written before names were bounded may hold any name.
+    return f"{safe_stem(job.input_name)}{suffix}"
 
 
 def result_stats(
@@ -289,8 +291,13 @@ class JobRunner:
             state.storage.input_path(job.id, job.input_suffix),
             focal_mm=job.focal_mm,
             max_pixels=state.settings.max_pixels,
+            # Not the shared decode budget: worker threads are few, and a job must not
+            # fail because uploads were being decoded meanwhile.
+            max_decode_bytes=state.settings.max_decode_bytes,
             name=job.input_name,
         )
+        if image.focal_warning:  # an absurd EXIF focal length: the default was used
+            log.warning("job %s: %s", job.id, image.focal_warning)
         timings["decode"] = time.perf_counter() - start
         key = job.cache_key  # set when the submission already looked in the cache
         if key is None and state.model.model_id is not None and state.cache.enabled:
@@ -309,6 +316,7 @@ class JobRunner:
             gaussians = self._predict_panorama(lease, image)
         else:
             gaussians = self._predictor().predict(image, on_stage=lambda s: self._advance(lease, s))
+        gaussians.check_finite()  # NaN/inf output fails the job instead of being written
         stage_times = gaussians.metadata["timings"]
         timings.update(
             preprocess=stage_times.preprocess,

@@ -87,6 +87,7 @@ def run_live_server(
 
     from mlsharp.config import Settings
     from mlsharp.service.app import create_app
+    from mlsharp.service.server import server_options
 
     values: dict[str, Any] = {
         "preset": "tiny",
@@ -101,7 +102,14 @@ def run_live_server(
     app = create_app(settings)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            **server_options(settings),  # the read timeouts and limits of `mlsharp serve`
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

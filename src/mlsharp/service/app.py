@@ -24,6 +24,7 @@ from mlsharp.errors import MlsharpError
 from mlsharp.service import web
 from mlsharp.service.api import batches, cache, jobs, predict, system, webhooks
 from mlsharp.service.backends import build_state, runner_threads
+from mlsharp.service.edge import AuthBeforeBodyMiddleware, BodyTimeoutMiddleware
 from mlsharp.service.http_errors import install_error_handlers
 from mlsharp.service.jobs.runner import JobRunner, purge_expired
 from mlsharp.service.metrics import Metrics
@@ -77,6 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The web page last: it owns only "/", "/docs", "/redoc" and "/static/...", never /v1
     # or /metrics.
     app.include_router(web.router)
+    # Middleware added first runs innermost. The key is checked before a body is read,
+    # inside CORS so that its 401/403/429 carry the CORS headers a browser needs.
+    app.add_middleware(AuthBeforeBodyMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -86,7 +90,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Location", "Idempotent-Replayed", "X-Request-ID", "Retry-After"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyTimeoutMiddleware, seconds=settings.body_timeout_seconds)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    if settings.trusted_proxies:
+        # Outermost: every part below sees the client a trusted proxy names.
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app
 
 

@@ -9,6 +9,7 @@ webhooks       SQLite, same database as the jobs          Redis
 files          local data directory                       local, or S3 (``storage: s3``)
 cache          SQLite index + files under ``cache/``      Redis index + shared files (or S3)
 limits         in-process token buckets                   Redis token buckets
+               (requests per key; wrong keys per address)
 =============  =========================================  ====================================
 
 Everything else (routes, the runner, every policy) sees only the ports. Building does
@@ -19,6 +20,7 @@ S3 adapter (tests/test_layering.py checks it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from mlsharp.service.database import Database, merge_old_file
 from mlsharp.service.events import ChangeNotifier
 from mlsharp.service.health import WorkerHealth
 from mlsharp.service.jobs.model import decode
-from mlsharp.service.limits import RateLimiter, TokenBucketLimiter
+from mlsharp.service.limits import BucketStore, RateLimiter, TokenBucketLimiter
 from mlsharp.service.metrics import Metrics, StateProbe
 from mlsharp.service.state import ServiceState
 from mlsharp.service.views import job_event_data
@@ -92,10 +94,7 @@ def _embedded(settings: Settings, metrics: Metrics) -> ServiceState:
     db = open_database(settings)
     store = SQLiteJobStore(db)
     health = WorkerHealth()
-    rate = settings.rate()
-    limiter: RateLimiter | None = None
-    if rate:
-        limiter = TokenBucketLimiter(MemoryBuckets(), *rate)
+    limiter = _limiter(settings.rate(), MemoryBuckets)
     state = ServiceState(
         settings=settings,
         store=store,
@@ -110,6 +109,7 @@ def _embedded(settings: Settings, metrics: Metrics) -> ServiceState:
         notifier=ChangeNotifier(),
         queue=LocalQueue(store, health),
         health=health,
+        auth_failures=_limiter(settings.auth_failure_rate(), MemoryBuckets),
     )
     state.closers.append(db.close)
     return state
@@ -150,7 +150,6 @@ def _scale_out(settings: Settings, metrics: Metrics) -> ServiceState:
         lease_seconds=settings.queue_heartbeat_seconds,
         grace_seconds=settings.queue_grace_seconds,
     )
-    rate = settings.rate()
     enabled = settings.cache_enabled
     state = ServiceState(
         settings=settings,
@@ -166,13 +165,25 @@ def _scale_out(settings: Settings, metrics: Metrics) -> ServiceState:
         ),
         metrics=metrics,
         api_keys=ApiKeys(settings.api_keys),
-        limiter=TokenBucketLimiter(RedisBuckets(client, ns), *rate) if rate else None,
+        limiter=_limiter(settings.rate(), lambda: RedisBuckets(client, ns)),
         notifier=ChangeNotifier(),
         queue=DramatiqQueue(settings, client, store, metrics),
         health=WorkerHealth(),
+        # Wrong keys are counted per address in Redis, so every API instance refuses them.
+        auth_failures=_limiter(
+            settings.auth_failure_rate(), lambda: RedisBuckets(client, ns, "auth-failures")
+        ),
     )
     state.closers.append(client.close)
     return state
+
+
+def _limiter(
+    rate: tuple[int, float] | None, buckets: Callable[[], BucketStore]
+) -> RateLimiter | None:
+    """A token bucket limiter of ``rate`` over a new store from ``buckets``; ``None``
+    when the rate is off."""
+    return TokenBucketLimiter(buckets(), *rate) if rate else None
 
 
 def check_databases(settings: Settings) -> None:

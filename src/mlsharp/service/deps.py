@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from mlsharp.service.edge import authenticate, checked_owner, client_address
 from mlsharp.service.state import ServiceState
 
 
@@ -18,12 +19,15 @@ State = Annotated[ServiceState, Depends(get_state)]
 
 
 def _client_identity(request: Request, state: ServiceState) -> str | None:
-    """Check the API key (if keys are configured) and the rate limit; returns the owner."""
-    owner = state.api_keys.identify(request.headers)
-    if state.limiter is not None:
-        client = owner or (request.client.host if request.client else "unknown")
-        state.limiter.check(client)
-    return owner
+    """Check the API key (if keys are configured) and the rate limit; returns the owner.
+
+    A request with a body was already checked before its body was read
+    (:class:`~mlsharp.service.edge.AuthBeforeBodyMiddleware`): its answer is reused.
+    """
+    checked = checked_owner(request.scope)
+    if checked is not None:
+        return checked[0]
+    return authenticate(state, request.headers, client_address(request.scope))
 
 
 def require_client(request: Request, state: State) -> str | None:

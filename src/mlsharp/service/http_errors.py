@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlsharp.errors import MlsharpError
-from mlsharp.service.logs import request_id_var
+from mlsharp.service.logs import printable, request_id_var
 
 log = logging.getLogger("mlsharp.service")
 
@@ -29,6 +29,7 @@ _CODES_BY_STATUS = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -65,6 +66,19 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def mlsharp_error_response(method: str, path: str, error: MlsharpError) -> JSONResponse:
+    """The response of an :class:`MlsharpError` (server errors are logged)."""
+    status = error.http_status
+    if status >= 500:
+        log.error("%s %s failed: %s", printable(method), printable(path), printable(error))
+    response = error_response(
+        path, status, error.code, str(error), retry_after=getattr(error, "retry_after", None)
+    )
+    if status == 401:  # RFC 9110: a 401 names the scheme to use
+        response.headers["WWW-Authenticate"] = 'Bearer realm="mlsharp"'
+    return response
+
+
 def _describe_validation(error: RequestValidationError) -> str:
     parts = []
     for item in error.errors()[:3]:
@@ -78,19 +92,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MlsharpError)
     async def _mlsharp_error(request: Request, error: MlsharpError) -> JSONResponse:
-        status = error.http_status
-        if status >= 500:
-            log.error("%s %s failed: %s", request.method, request.url.path, error)
-        response = error_response(
-            request.url.path,
-            status,
-            error.code,
-            str(error),
-            retry_after=getattr(error, "retry_after", None),
-        )
-        if status == 401:  # RFC 9110: a 401 names the scheme to use
-            response.headers["WWW-Authenticate"] = 'Bearer realm="mlsharp"'
-        return response
+        return mlsharp_error_response(request.method, request.url.path, error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

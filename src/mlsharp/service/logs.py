@@ -2,6 +2,10 @@
 
 The request id is a context variable set by the request middleware, so every log line
 written while handling a request carries it, whichever module logs.
+
+Client-given values (a URL path with ``%0A``, a header, a file name) must not forge log
+lines: :func:`printable` escapes control characters, the access log applies it to what
+it logs, and the text format escapes every message again (JSON escapes by itself).
 """
 
 from __future__ import annotations
@@ -14,6 +18,25 @@ from contextvars import ContextVar
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s [%(request_id)s] %(name)s: %(message)s"
+
+
+def printable(value: object) -> str:
+    """``str(value)`` with control and other invisible characters escaped (``\\n``,
+    ``\\x1b``, ``\\u2028``...), so it stays on one log line and cannot fake another."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, each message escaped with :func:`printable` (tracebacks, added
+    after the message, keep their lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        """Format ``record`` with its message made printable."""
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 class _RequestIdFilter(logging.Filter):
@@ -47,7 +70,7 @@ def configure_logging(log_format: str = "text", level: str = "info") -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
+        handler.setFormatter(TextFormatter(_TEXT_FORMAT))
     for name in ("mlsharp", "uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlsharp.service.http_errors import error_response
-from mlsharp.service.logs import request_id_var
+from mlsharp.service.logs import printable, request_id_var
 from mlsharp.service.metrics import Metrics
 
 log = logging.getLogger("mlsharp.access")
@@ -65,7 +65,9 @@ class RequestContextMiddleware:
         except Exception:
             # A bug escaped every handler. This is the one place it is answered: here
             # the request id is still set, so the 500 and its log line carry it.
-            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            log.exception(
+                "unhandled error in %s %s", printable(scope["method"]), printable(scope["path"])
+            )
             if not status_started:
                 status = 500
                 response = error_response(
@@ -77,7 +79,11 @@ class RequestContextMiddleware:
             route = _route_template(scope)
             self.metrics.observe_request(scope["method"], route, status, elapsed)
             log.info(
-                "%s %s -> %d in %.1f ms", scope["method"], scope["path"], status, elapsed * 1e3
+                "%s %s -> %d in %.1f ms",
+                printable(scope["method"]),
+                printable(scope["path"]),  # decoded: "%0A" is a newline here
+                status,
+                elapsed * 1e3,
             )
             request_id_var.reset(token)
 

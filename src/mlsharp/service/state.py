@@ -72,6 +72,8 @@ class ServiceState:
     started_at: float = field(default_factory=time.time)
     #: Released by :meth:`close` after the parts (a database, the Redis connection pool).
     closers: list[Callable[[], None]] = field(default_factory=list)
+    #: Wrong API keys per client address (``auth_failure_limit``); ``None``: unthrottled.
+    auth_failures: RateLimiter | None = None
     #: Memory for decoding photos, shared by requests and workers (``max_decode_bytes``).
     decode_budget: DecodeBudget = field(init=False)
 

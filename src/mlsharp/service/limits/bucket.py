@@ -1,7 +1,10 @@
 """``TokenBucketLimiter``: the token bucket, written once over a :class:`BucketStore`.
 
 ``30/minute`` allows bursts of 30 requests and gives one token back every two seconds.
-A refused request takes nothing and is told how long to wait (``Retry-After``).
+A refused request takes nothing and is told how long to wait (``Retry-After``). A check
+with ``take=False`` only asks whether a token is left (the throttle of wrong API keys
+refuses an address whose failures emptied its bucket before looking at its next key, and
+takes a token only when that key is wrong too).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ class TokenBucketLimiter:
         self.capacity = float(requests)
         self.refill_per_second = requests / per_seconds
 
-    def check(self, client: str) -> None:
-        """Take one token for ``client`` or raise :class:`RateLimited` with ``retry_after``."""
+    def check(self, client: str, *, take: bool = True) -> None:
+        """Take one token for ``client`` (with ``take=False`` only look, taking nothing) or
+        raise :class:`RateLimited` with ``retry_after``."""
         outcome: dict[str, float] = {}
 
         def take(old: Bucket | None, now: float) -> Bucket:
@@ -33,7 +37,7 @@ class TokenBucketLimiter:
                 tokens = min(self.capacity, old.tokens + elapsed * self.refill_per_second)
             allowed = tokens >= 1.0
             outcome["wait"] = 0.0 if allowed else (1.0 - tokens) / self.refill_per_second
-            return Bucket(tokens - 1.0 if allowed else tokens, now)
+            return Bucket(tokens - 1.0 if allowed and take else tokens, now)
 
         # A bucket is full again after capacity / rate seconds: no need to keep it longer.
         self.store.update(client, take, ttl_seconds=self.capacity / self.refill_per_second + 1)

@@ -10,8 +10,9 @@ from typing import Protocol
 class RateLimiter(Protocol):
     """Admits or refuses one request of a client."""
 
-    def check(self, client: str) -> None:
-        """Take one token for ``client`` or raise :class:`~mlsharp.errors.RateLimited`."""
+    def check(self, client: str, *, take: bool = True) -> None:
+        """Take one token for ``client`` or raise :class:`~mlsharp.errors.RateLimited`;
+        with ``take=False`` only ask, taking nothing."""
         ...
 
 

@@ -1,6 +1,7 @@
 """``RedisBuckets``: buckets shared by every API instance, in Redis.
 
-One hash per client (``<ns>:rate:<client>``: ``tokens``, ``at``), changed in an optimistic
+One hash per client (``<ns>:<kind>:<client>``: ``tokens``, ``at``; the kind is ``rate``
+for the request rate, ``auth-failures`` for wrong API keys per address), changed in an optimistic
 transaction (``WATCH``, then ``MULTI``/``EXEC``; a concurrent change retries), so
 concurrent requests on different instances cannot both take the last token. Time comes
 from the Redis server's clock (``TIME``), so instances with skewed clocks still agree.
@@ -17,11 +18,11 @@ from mlsharp.service.redis_conn import guarded
 
 
 class RedisBuckets:
-    """Buckets under ``<namespace>:rate:`` (see the module docstring)."""
+    """Buckets under ``<namespace>:<kind>:`` (see the module docstring)."""
 
-    def __init__(self, client: Any, namespace: str) -> None:
+    def __init__(self, client: Any, namespace: str, kind: str = "rate") -> None:
         self.client = client
-        self.prefix = f"{namespace}:rate:"
+        self.prefix = f"{namespace}:{kind}:"
 
     @guarded
     def update(

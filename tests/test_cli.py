@@ -201,6 +201,45 @@ def test_invalid_focal_is_rejected(run_cli, tmp_path, tiny_checkpoint):
     assert "focal" in _one_error_line(result.stderr)
 
 
+def test_absurd_focal_is_one_line(run_cli, tmp_path, tiny_checkpoint):
+    """1e-300 passed the old check (> 0) and made the output non-finite."""
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(tmp_path / "a.png")
+    result = run_cli("predict", "a.png", "-o", "out", "--focal-mm", "1e-300", *tiny(tiny_checkpoint))
+    assert result.returncode == 2
+    assert "from 1 to 10000 mm" in _one_error_line(result.stderr)
+
+
+def test_non_finite_prediction_is_one_line_and_writes_nothing(run_cli, tmp_path, tiny_checkpoint):
+    """Weights that make the network predict NaN: one ``failed`` line, exit 1, no file
+    (the NaN scene was written and reported as done)."""
+    from tests.service.test_bad_photos import nan_checkpoint
+
+    broken = nan_checkpoint(tiny_checkpoint, tmp_path / "nan.pt")
+    Image.new("RGB", (40, 30), (90, 10, 10)).save(tmp_path / "a.png")
+    result = run_cli("predict", "a.png", "-o", "out", *tiny(broken))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    failed = [line for line in result.stderr.splitlines() if line.startswith("failed ")]
+    assert len(failed) == 1, result.stderr
+    assert failed[0].startswith("failed a.png: the prediction holds NaN or infinite values")
+    assert not list((tmp_path / "out").glob("*.ply"))
+
+
+def test_output_names_from_hostile_file_names(run_cli, tmp_path, tiny_checkpoint):
+    """A newline in a file name and a 244-byte CJK name: outputs are named safely and
+    within file-name limits (the long one failed: its .standard.ply name was too long)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (40, 30), (10, 90, 10)).save(photos / "line\nbreak.png")
+    long_name = "写" * 80 + ".png"
+    Image.new("RGB", (40, 30), (10, 10, 90)).save(photos / long_name)
+    result = run_cli("predict", "photos", "-o", "out", "--format", "ply-standard", *tiny(tiny_checkpoint))
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    stem = "写" * 41  # 123 bytes: the longest whole-character stem within 128 with ".png"
+    assert names == ["linebreak.standard.ply", f"{stem}.standard.ply"]
+
+
 def test_random_checkpoint_loads_strictly(run_cli, tmp_path):
     result = run_cli("random-checkpoint", "--preset", "tiny", "-o", "r.pt", "--seed", "3")
     assert result.returncode == 0, result.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import threading
+import time
 import warnings
 import zlib
 from pathlib import Path
@@ -13,15 +15,20 @@ import numpy as np
 import pytest
 from PIL import Image, TiffImagePlugin
 
-from mlsharp.errors import ConfigError, ImageTooLarge, InvalidImage
+from mlsharp.errors import ConfigError, ImageTooLarge, InvalidImage, ServiceUnavailable
 from mlsharp.imaging import (
     DEFAULT_MAX_PIXELS,
+    MAX_FOCAL_MM,
+    MIN_FOCAL_MM,
     SUPPORTED_EXTENSIONS,
+    DecodeBudget,
     LoadedImage,
+    decode_bytes,
     focal_length_px,
     is_supported_path,
     load_image,
 )
+from mlsharp.imaging import _to_rgb_array  # the conversion itself, for modes no file holds
 
 REPO = Path(__file__).resolve().parents[1]
 ASTRONAUT_CANDIDATES = (
@@ -515,3 +522,166 @@ def test_supported_extensions():
     assert not is_supported_path("notes.txt")
     assert not is_supported_path("jpg")
     assert not is_supported_path("archive.png.zip")
+
+
+# -- focal length ranges (issue 12) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [1e-300, 0.5, 10_000.5, 1e300])
+def test_user_focal_outside_the_range_is_config_error(bad):
+    """1e-300 made the output non-finite (and failed its whole batch): refused at once."""
+    with pytest.raises(ConfigError, match=r"from 1 to 10000 mm"):
+        load_image(b"not even read", focal_mm=bad)
+
+
+@pytest.mark.parametrize("edge", [MIN_FOCAL_MM, MAX_FOCAL_MM])
+def test_user_focal_at_the_ends_of_the_range(edge):
+    img = load_image(encode(Image.fromarray(pattern(40, 30)), "PNG"), focal_mm=edge)
+    assert img.focal_mm_35 == edge and img.focal_warning is None
+
+
+@pytest.mark.parametrize(
+    ("f35", "focal", "f_mm", "source", "ignored"),
+    [
+        # An absurd 35 mm value is skipped for a sane FocalLength ...
+        (65535, TiffImagePlugin.IFDRational(24, 1), 24.0, "exif_focal_length", "65535"),
+        # ... or for the default when nothing else is sane.
+        (65535, None, 30.0, "default", "FocalLengthIn35mmFilm 65535"),
+        (None, TiffImagePlugin.IFDRational(1, 4_000_000_000), 30.0, "default", "FocalLength"),
+        (None, TiffImagePlugin.IFDRational(20_000, 1), 30.0, "default", "FocalLength 20000"),
+    ],
+)
+def test_absurd_exif_focal_falls_back_with_a_warning(f35, focal, f_mm, source, ignored):
+    data = encode(Image.fromarray(pattern(40, 30)), "JPEG", exif=make_exif(1, f35, focal))
+    img = load_image(data)
+    assert (img.focal_mm_35, img.focal_source) == (f_mm, source)
+    assert img.focal_px == expected_f_px(f_mm, 40, 30)
+    assert img.focal_warning is not None and ignored in img.focal_warning
+    assert "\n" not in img.focal_warning
+
+
+def test_sane_exif_focal_has_no_warning():
+    data = encode(Image.fromarray(pattern(40, 30)), "JPEG", exif=make_exif(1, 26, None))
+    assert load_image(data).focal_warning is None
+
+
+# -- decode memory (issue 12) ------------------------------------------------------------
+
+
+def test_decode_bytes_depend_on_mode_and_format():
+    """Per pixel: palette/grey < 8-bit RGB < 16-bit < 32-bit; WebP and HEIC decoders add
+    a buffer of their own (figures measured by benchmarks/bench_decode_memory.py)."""
+    per_pixel = {
+        (mode, fmt): decode_bytes(mode, 100, 10, fmt) / 1000
+        for mode, fmt in [("P", "PNG"), ("RGB", "JPEG"), ("I;16B", "TIFF"), ("F", "TIFF"),
+                          ("RGB", "WEBP"), ("RGB", "HEIF")]
+    }  # fmt: skip
+    assert per_pixel[("P", "PNG")] < per_pixel[("RGB", "JPEG")] < per_pixel[("I;16B", "TIFF")]
+    assert per_pixel[("I;16B", "TIFF")] < per_pixel[("F", "TIFF")]
+    assert per_pixel[("RGB", "JPEG")] < per_pixel[("RGB", "WEBP")] < per_pixel[("RGB", "HEIF")]
+
+
+def test_max_decode_bytes_refuses_from_the_header():
+    """Truncated pixel data: ImageTooLarge proves the estimate comes from the header."""
+    data = raw_png(2000, 2000, 0, 16, b"")  # 16-bit grey, no pixel data
+    needed = decode_bytes("I;16B", 2000, 2000)
+    with pytest.raises(ImageTooLarge, match=r"needs about \d+ MiB of memory") as exc:
+        load_image(data, max_decode_bytes=needed - 1, name="deep.png")
+    assert_one_line_error(exc, "deep.png")
+    with pytest.raises(InvalidImage) as exc:  # within the limit: decoding fails later
+        load_image(data, max_decode_bytes=needed, name="deep.png")
+    assert not isinstance(exc.value, ImageTooLarge)
+
+
+def test_decode_budget_bounds_concurrent_decodes():
+    """Two photos that do not fit the budget together are decoded one after the other;
+    one that never fits is ImageTooLarge; a full budget ends in ServiceUnavailable."""
+    data = encode(Image.fromarray(pattern(400, 300)), "PNG")
+    each = decode_bytes("RGB", 400, 300, "PNG")
+    budget = DecodeBudget(each + each // 2, wait_seconds=30)
+    peaks: list[int] = []
+    entered = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with budget.reserve(each, "held"):
+            entered.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    entered.wait(30)
+    waiter = threading.Thread(
+        target=lambda: peaks.append(load_image(data, decode_budget=budget).width)
+    )
+    waiter.start()
+    time.sleep(0.2)
+    assert peaks == [] and budget.in_use == each  # waiting for room
+    release.set()
+    holder.join(30)
+    waiter.join(30)
+    assert peaks == [400] and budget.in_use == 0
+    with pytest.raises(ImageTooLarge, match="memory"):
+        load_image(data, decode_budget=DecodeBudget(each - 1))
+    impatient = DecodeBudget(each, wait_seconds=0.05)
+    with impatient.reserve(1, "other"), pytest.raises(ServiceUnavailable, match="retry"):
+        load_image(data, decode_budget=impatient)
+    assert impatient.in_use == 0
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "1", "P", "PA", "I;16", "I", "F", "CMYK"])
+def test_decoding_by_strips_matches_whole_image_conversion(mode):
+    """Images taller than a strip (with the maximum of an I/F image in a late strip)
+    come out exactly as converting the whole image at once did."""
+    rng = np.random.default_rng(7)
+    height, width = 700, 37
+    if mode in ("I", "F"):
+        values = rng.uniform(-5, 900, (height, width))
+        values[650, 3] = 70_000 if mode == "I" else 3.5  # the peak, in the last strip
+        image = Image.fromarray(values.astype(np.int32 if mode == "I" else np.float32), mode)
+    elif mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16))
+    elif mode in ("P", "PA"):
+        image = Image.fromarray(rng.integers(0, 200, (height, width), dtype=np.uint8), "P")
+        image.putpalette(rng.integers(0, 256, 3 * 180).tolist())  # short: some indices black
+        image = image.convert(mode) if mode == "PA" else image
+    else:
+        rgba = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
+        image = Image.fromarray(rgba, "RGBA").convert(mode)
+    assert image.mode == mode
+    expected = _whole_image_reference(image)
+    converted = _to_rgb_array(image)
+    assert converted.dtype == expected.dtype and np.array_equal(converted, expected)
+    if mode != "PA":  # no format here writes PA; the others go through a file too
+        fmt = "TIFF" if mode in ("I", "F", "CMYK") else "PNG"
+        loaded = load_image(encode(image, fmt))
+        reread = Image.open(io.BytesIO(encode(image, fmt)))
+        reread.load()
+        assert np.array_equal(loaded.pixels, _whole_image_reference(reread))
+        assert loaded.pixels.flags.writeable and loaded.pixels.flags.c_contiguous
+
+
+def _whole_image_reference(img: Image.Image) -> np.ndarray:
+    """What the conversion gave before it went by strips (the same rules, whole image)."""
+    mode = img.mode
+    if mode in ("RGB", "RGBA"):
+        return np.asarray(img)[:, :, :3]
+    if mode in ("L", "LA"):
+        grey = np.asarray(img.getchannel(0))
+    elif mode == "1":
+        grey = np.asarray(img.convert("L"))
+    elif mode in ("P", "PA"):
+        return np.asarray(img.convert("RGBA"))[:, :, :3]
+    elif mode.startswith("I;16"):
+        grey = np.asarray(img).astype(np.uint16)
+    elif mode in ("I", "F"):
+        values = np.asarray(img)
+        data = np.clip(np.nan_to_num(values.astype(np.float64), nan=0.0), 0.0, None)
+        top = 65535.0 if values.dtype.kind in "iu" else 1.0
+        peak = float(data.max(initial=0.0))
+        if peak > top:
+            data = data * (top / peak)
+        grey = np.rint(data * (65535.0 / top)).astype(np.uint16)
+    else:
+        return np.asarray(img.convert("RGB"))
+    return np.dstack((grey, grey, grey))

@@ -47,9 +47,9 @@ def safe_name(raw: object, *, default: str = "image", max_bytes: int = MAX_NAME_
     if len(text.encode("utf-8")) <= max_bytes:
         return text
     stem, dot, extension = text.rpartition(".")
-    suffix = f".{extension}" if dot and stem else ""
-    if len(suffix.encode("utf-8")) > _MAX_EXTENSION_BYTES:
-        stem, suffix = text, ""
+    suffix = f".{extension}"
+    if not (dot and stem) or len(suffix.encode("utf-8")) > _MAX_EXTENSION_BYTES:
+        stem, suffix = text, ""  # no extension worth keeping: cut the whole name
     kept = _cut_utf8(stem, max_bytes - len(suffix.encode("utf-8"))).rstrip()
     return f"{kept}{suffix}" if kept else default
 

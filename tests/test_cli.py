@@ -204,7 +204,9 @@ def test_invalid_focal_is_rejected(run_cli, tmp_path, tiny_checkpoint):
 def test_absurd_focal_is_one_line(run_cli, tmp_path, tiny_checkpoint):
     """1e-300 passed the old check (> 0) and made the output non-finite."""
     Image.new("RGB", (40, 30), (9, 9, 9)).save(tmp_path / "a.png")
-    result = run_cli("predict", "a.png", "-o", "out", "--focal-mm", "1e-300", *tiny(tiny_checkpoint))
+    result = run_cli(
+        "predict", "a.png", "-o", "out", "--focal-mm", "1e-300", *tiny(tiny_checkpoint)
+    )
     assert result.returncode == 2
     assert "from 1 to 10000 mm" in _one_error_line(result.stderr)
 
@@ -233,7 +235,9 @@ def test_output_names_from_hostile_file_names(run_cli, tmp_path, tiny_checkpoint
     Image.new("RGB", (40, 30), (10, 90, 10)).save(photos / "line\nbreak.png")
     long_name = "写" * 80 + ".png"
     Image.new("RGB", (40, 30), (10, 10, 90)).save(photos / long_name)
-    result = run_cli("predict", "photos", "-o", "out", "--format", "ply-standard", *tiny(tiny_checkpoint))
+    result = run_cli(
+        "predict", "photos", "-o", "out", "--format", "ply-standard", *tiny(tiny_checkpoint)
+    )
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     stem = "写" * 41  # 123 bytes: the longest whole-character stem within 128 with ".png"

@@ -23,12 +23,12 @@ from mlsharp.imaging import (
     SUPPORTED_EXTENSIONS,
     DecodeBudget,
     LoadedImage,
+    _to_rgb_array,  # the conversion itself, for modes no file holds
     decode_bytes,
     focal_length_px,
     is_supported_path,
     load_image,
 )
-from mlsharp.imaging import _to_rgb_array  # the conversion itself, for modes no file holds
 
 REPO = Path(__file__).resolve().parents[1]
 ASTRONAUT_CANDIDATES = (
@@ -629,7 +629,9 @@ def test_decode_budget_bounds_concurrent_decodes():
     assert impatient.in_use == 0
 
 
-@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "1", "P", "PA", "I;16", "I", "F", "CMYK"])
+@pytest.mark.parametrize(
+    "mode", ["RGB", "RGBA", "L", "LA", "1", "P", "PA", "I;16", "I", "F", "CMYK"]
+)
 def test_decoding_by_strips_matches_whole_image_conversion(mode):
     """Images taller than a strip (with the maximum of an I/F image in a late strip)
     come out exactly as converting the whole image at once did."""

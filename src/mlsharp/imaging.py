@@ -220,7 +220,7 @@ def load_image(
     )
 
 
-def decode_bytes(mode: str, width: int, height: int, format: str = "") -> int:  # noqa: A002
+def decode_bytes(mode: str, width: int, height: int, format: str = "") -> int:
     """Peak bytes decoding a ``width`` x ``height`` image of Pillow ``mode`` (and Pillow
     ``format``) takes: an upper estimate of the decoder's and Pillow's buffers, a strip
     and the output array."""
@@ -262,8 +262,7 @@ class DecodeBudget:
                 lambda: self._used + nbytes <= self.max_bytes, timeout=self.wait_seconds
             ):
                 raise ServiceUnavailable(
-                    f"cannot decode {label} now: other images use the decoding memory; "
-                    "retry later",
+                    f"cannot decode {label} now: other images use the decoding memory; retry later",
                     retry_after=5.0,
                 )
             self._used += nbytes
@@ -540,7 +539,7 @@ def _by_strips(
     are whole-image sized (benchmarks/bench_decode_memory.py).
     """
     width, height = img.size
-    out = np.empty((height, width, 3), dtype=dtype)
+    out: np.ndarray = np.empty((height, width, 3), dtype=dtype)
     for top, strip in zip(range(0, height, _STRIP_ROWS), _strips(img), strict=True):
         out[top : top + strip.height] = to_rgb(strip)
     return out

@@ -87,7 +87,7 @@ def run_live_server(
 
     from mlsharp.config import Settings
     from mlsharp.service.app import create_app
-    from mlsharp.service.server import server_options
+    from mlsharp.service.server import uvicorn_options
 
     values: dict[str, Any] = {
         "preset": "tiny",
@@ -108,7 +108,7 @@ def run_live_server(
             port=port,
             log_level="warning",
             lifespan="on",
-            **server_options(settings),  # the read timeouts and limits of `mlsharp serve`
+            **uvicorn_options(settings),  # the read timeouts and limits of `mlsharp serve`
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)

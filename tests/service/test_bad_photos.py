@@ -49,9 +49,7 @@ def test_absurd_user_focal_is_refused_and_other_jobs_run(live_server) -> None:
             response = post_job(server, form={"focal_mm": value})
             body = assert_error(response, 422, "validation_error")
             assert "focal_mm" in body["message"]
-        ids = [
-            post_job(server, jpeg_bytes(color=(i * 40, 90, 30))).json()["id"] for i in range(3)
-        ]
+        ids = [post_job(server, jpeg_bytes(color=(i * 40, 90, 30))).json()["id"] for i in range(3)]
         assert [server.wait_job(i)["status"] for i in ids] == ["succeeded"] * 3
 
 

@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 
 from mlsharp.imaging import decode_bytes
+from tests.service.conftest import jpeg_bytes
 from tests.service.test_api_batches import make_zip, post_batch
 from tests.service.test_api_jobs import assert_error, post_job
-from tests.service.conftest import jpeg_bytes
 
 
 def flat_png(width: int, height: int, mode: str = "P") -> bytes:

@@ -93,7 +93,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from mlsharp.service.app import create_app
     from mlsharp.service.logs import configure_logging
-    from mlsharp.service.server import server_options
+    from mlsharp.service.server import uvicorn_options
 
     configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings)
@@ -106,7 +106,7 @@ def run_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_config=None,
         timeout_graceful_shutdown=5,
-        **server_options(settings),  # read timeouts, connection limits, no proxy headers
+        **uvicorn_options(settings),  # read timeouts, connection limits, no proxy headers
     )
     return 0
 

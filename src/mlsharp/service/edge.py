@@ -95,9 +95,7 @@ class AuthBeforeBodyMiddleware:
         headers = Headers(scope=scope)
         try:
             # A thread: the limiters of the scale-out mode talk to Redis.
-            owner = await run_in_threadpool(
-                authenticate, service, headers, client_address(scope)
-            )
+            owner = await run_in_threadpool(authenticate, service, headers, client_address(scope))
         except MlsharpError as error:
             response = mlsharp_error_response(scope["method"], scope["path"], error)
             response.headers["Connection"] = "close"  # the body stays unread

@@ -33,7 +33,11 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         400,
         "`Idempotency-Key` not 1–255 printable ASCII characters without spaces",
     ),
-    ErrorCode("invalid_range", 400, "malformed `Range` header"),
+    ErrorCode(
+        "invalid_range",
+        400,
+        "malformed `Range` header (also: a number of more than 18 digits, more than 16 parts)",
+    ),
     ErrorCode(
         "invalid_config",
         400,
@@ -49,6 +53,12 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "no such job, batch, webhook, route or result format; or another key's job; or expired",
     ),
     ErrorCode("method_not_allowed", 405, "wrong method for the path"),
+    ErrorCode(
+        "request_timeout",
+        408,
+        "the request body was not complete `body_timeout_seconds` after the headers (sent "
+        "with `Connection: close`)",
+    ),
     ErrorCode("not_acceptable", 406, "the `Accept` header excludes every type the route sends"),
     ErrorCode(
         "conflict",
@@ -61,11 +71,18 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode(
         "payload_too_large",
         413,
-        "request body over `max_upload_bytes` (sent with `Connection: close`); a zip expanding "
-        "too much",
+        "request body over `max_upload_bytes` (sent with `Connection: close`); a batch's "
+        "photos over `max_batch_bytes` (a zip counted unpacked)",
     ),
-    ErrorCode("image_too_large", 413, "image over `max_pixels`", job=True),
-    ErrorCode("too_many_files", 413, "batch over `max_batch_files`"),
+    ErrorCode(
+        "image_too_large",
+        413,
+        "image over `max_pixels`, or needing more than `max_decode_bytes` of memory to decode",
+        job=True,
+    ),
+    ErrorCode(
+        "too_many_files", 413, "batch over `max_batch_files`; zip listing more than 10,000 entries"
+    ),
     ErrorCode("unsupported_media_type", 415, "the body's `Content-Type` is not the route's"),
     ErrorCode("range_not_satisfiable", 416, "`Range` beyond the end of the file"),
     ErrorCode(
@@ -93,7 +110,12 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("invalid_scene", 422, "a scene file that is not what its suffix says", job=True),
     ErrorCode("invalid_ply", 422, "a `.ply` that is not a 3DGS scene", job=True),
     ErrorCode("depth_unavailable", 400, "depth maps asked of a scene without depth", job=True),
-    ErrorCode("rate_limited", 429, "over `rate_limit`; `Retry-After` says when to retry"),
+    ErrorCode(
+        "rate_limited",
+        429,
+        "over `rate_limit`, or this address sent more wrong keys than `auth_failure_limit`; "
+        "`Retry-After` says when to retry",
+    ),
     ErrorCode(
         "internal_error",
         500,
@@ -128,7 +150,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode(
         "service_unavailable",
         503,
-        "the scale-out mode's Redis or object storage cannot be reached; `Retry-After`",
+        "the scale-out mode's Redis or object storage cannot be reached, or other uploads use "
+        "the decoding memory (`max_decode_bytes`) for more than 30 s; `Retry-After`",
         job=True,
     ),
     ErrorCode("device_unavailable", 503, "the inference device is not available", job=True),

@@ -33,7 +33,7 @@ class TextFormatter(logging.Formatter):
     """The text format, each message escaped with :func:`printable` (tracebacks, added
     after the message, keep their lines)."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+    def formatMessage(self, record: logging.LogRecord) -> str:
         """Format ``record`` with its message made printable."""
         record.message = printable(record.message)
         return super().formatMessage(record)

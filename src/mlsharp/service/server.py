@@ -2,7 +2,7 @@
 
 uvicorn on its own never times out a client that sends its request headers slowly (a
 connection that trickles a header line every few seconds is held forever), and accepts
-any number of connections. :func:`server_options` gives ``uvicorn.run`` / ``Config``:
+any number of connections. :func:`uvicorn_options` gives ``uvicorn.run`` / ``Config``:
 
 * ``http``: uvicorn's h11 protocol with a header timeout: a request's headers must be
   complete ``header_timeout_seconds`` after the connection opened (or after the previous
@@ -31,7 +31,7 @@ KEEP_ALIVE_SECONDS = 5.0
 MAX_HEADER_BYTES = 16 * 1024
 
 
-def server_options(settings: Settings) -> dict[str, Any]:
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Keyword options of ``uvicorn.run`` / ``uvicorn.Config`` from the settings."""
     return {
         # X-Forwarded-For is honoured by the app itself, from trusted_proxies only

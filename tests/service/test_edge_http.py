@@ -75,8 +75,10 @@ def test_the_key_is_checked_before_the_body_is_read(
 
 
 def test_the_rate_limit_is_checked_before_the_body_is_read(live_server) -> None:
-    """Over the rate limit, an upload is 429 before its body is read."""
-    with live_server(api_keys=["k1"], rate_limit="1/minute", workers=0) as server:
+    """Over the rate limit, an upload is 429 before its body is read; a request checked
+    before its body takes one token, not two."""
+    with live_server(api_keys=["k1"], rate_limit="2/minute", workers=0) as server:
+        assert server.client.post("/v1/cache/clear", headers=K1).status_code == 200
         assert server.client.get("/v1/jobs", headers=K1).status_code == 200
         with raw_connection(server) as sock:
             sock.sendall(upload_headers("/v1/batches", 40_000_000, K1))

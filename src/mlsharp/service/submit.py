@@ -21,8 +21,8 @@ from typing import Any
 
 from mlsharp.errors import BadRequest
 from mlsharp.imaging import load_image
-from mlsharp.panorama import cache_model_id, panorama_kind
 from mlsharp.names import safe_name
+from mlsharp.panorama import cache_model_id, panorama_kind
 from mlsharp.service.cache import cache_key
 from mlsharp.service.jobs import DuplicateJob, JobRecord, JobStatus, new_id
 from mlsharp.service.jobs.runner import link_cached_outputs, result_stats

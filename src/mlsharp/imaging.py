@@ -220,15 +220,15 @@ def load_image(
     )
 
 
-def decode_bytes(mode: str, width: int, height: int, format: str = "") -> int:
+def decode_bytes(mode: str, width: int, height: int, image_format: str = "") -> int:
     """Peak bytes decoding a ``width`` x ``height`` image of Pillow ``mode`` (and Pillow
-    ``format``) takes: an upper estimate of the decoder's and Pillow's buffers, a strip
+    ``image_format``) takes: an upper estimate of the decoder's and Pillow's buffers, a strip
     and the output array."""
     if mode.startswith("I;16"):
         per_pixel = _DECODE_BYTES_WIDE_GREY
     else:
         per_pixel = _DECODE_BYTES_PER_PIXEL.get(mode, _DECODE_BYTES_OTHER)
-    per_pixel += _DECODER_BYTES_PER_PIXEL.get(format.upper(), 0)
+    per_pixel += _DECODER_BYTES_PER_PIXEL.get(image_format.upper(), 0)
     return width * height * per_pixel
 
 

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.distributed.conftest import redis_server  # noqa: F401 (a fixture used below)
 from tests.service.conftest import LiveServer, jpeg_bytes
 from tests.service.test_api_batches import post_batch, wait_batch
 from tests.service.test_api_jobs import assert_error, run_job
@@ -207,27 +206,3 @@ def test_a_newline_in_the_path_cannot_forge_a_log_line(serve_process, tmp_path) 
     lines = server.log().splitlines()
     assert not any(line.startswith("2026-12-06 12:00:00") for line in lines), server.log()
     assert any("GET /v1/jobs/x\\n2026-12-06 12:00:00" in line for line in lines), server.log()
-
-
-@pytest.mark.parametrize("backend", ["embedded", "redis"])
-def test_a_limiter_can_be_asked_without_taking(request, backend) -> None:
-    """``check(client, take=False)`` refuses an empty bucket but never empties one: the
-    wrong-key throttle asks before each attempt and takes only on failures."""
-    from mlsharp.errors import RateLimited
-    from mlsharp.service.auth import TokenBucketLimiter
-    from mlsharp.service.distributed.limiter import RedisTokenBucket
-
-    if backend == "redis":
-        client = request.getfixturevalue("redis_server").client()
-        limiter = RedisTokenBucket(client, "t", 2, 60.0)
-    else:
-        limiter = TokenBucketLimiter(2, 60.0)
-    for _ in range(10):
-        limiter.check("a", take=False)  # asking costs nothing
-    limiter.check("a")
-    limiter.check("a")
-    with pytest.raises(RateLimited):
-        limiter.check("a", take=False)
-    with pytest.raises(RateLimited):
-        limiter.check("a")
-    limiter.check("b", take=False)  # other clients have their own bucket

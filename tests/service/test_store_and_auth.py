@@ -59,3 +59,18 @@ def test_token_bucket_limits_each_client(buckets):
     limiter.check("b")  # another client has its own bucket
     with pytest.raises(RateLimited):
         limiter.check("a")  # a refused request took nothing, still none left
+
+
+def test_a_limiter_can_be_asked_without_taking(buckets):
+    """``check(client, take=False)`` refuses an empty bucket but never empties one: the
+    wrong-key throttle asks before each attempt and takes only on failures."""
+    limiter = TokenBucketLimiter(buckets, 2, 60.0)
+    for _ in range(10):
+        limiter.check("a", take=False)  # asking costs nothing
+    limiter.check("a")
+    limiter.check("a")
+    with pytest.raises(RateLimited):
+        limiter.check("a", take=False)
+    with pytest.raises(RateLimited):
+        limiter.check("a")
+    limiter.check("b", take=False)  # other clients have their own bucket

@@ -30,7 +30,7 @@ class TokenBucketLimiter:
         raise :class:`RateLimited` with ``retry_after``."""
         outcome: dict[str, float] = {}
 
-        def take(old: Bucket | None, now: float) -> Bucket:
+        def refill(old: Bucket | None, now: float) -> Bucket:
             tokens = self.capacity
             if old is not None:
                 elapsed = max(0.0, now - old.at)
@@ -40,7 +40,7 @@ class TokenBucketLimiter:
             return Bucket(tokens - 1.0 if allowed and take else tokens, now)
 
         # A bucket is full again after capacity / rate seconds: no need to keep it longer.
-        self.store.update(client, take, ttl_seconds=self.capacity / self.refill_per_second + 1)
+        self.store.update(client, refill, ttl_seconds=self.capacity / self.refill_per_second + 1)
         if outcome["wait"] > 0:
             raise RateLimited(
                 "too many requests; retry later", retry_after=float(math.ceil(outcome["wait"]))

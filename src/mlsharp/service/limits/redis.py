@@ -1,9 +1,9 @@
 """``RedisBuckets``: buckets shared by every API instance, in Redis.
 
 One hash per client (``<ns>:<kind>:<client>``: ``tokens``, ``at``; the kind is ``rate``
-for the request rate, ``auth-failures`` for wrong API keys per address), changed in an optimistic
-transaction (``WATCH``, then ``MULTI``/``EXEC``; a concurrent change retries), so
-concurrent requests on different instances cannot both take the last token. Time comes
+for the request rate, ``auth-failures`` for wrong API keys per address), changed in an
+optimistic transaction (``WATCH``, then ``MULTI``/``EXEC``; a concurrent change retries),
+so concurrent requests on different instances cannot both take the last token. Time comes
 from the Redis server's clock (``TIME``), so instances with skewed clocks still agree.
 """
 

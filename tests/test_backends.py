@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,46 @@ def test_openvino_bf16_passes_the_accuracy_guard(
     engine = load(tiny_checkpoint, backend, precision="bf16")
     errors = compare_gaussians(reference[0], engine.predict(photos[0]))
     assert threshold_failures(errors) == []
+
+
+@pytest.mark.parametrize("backend", [pytest.param("openvino", marks=needs("openvino"))])
+def test_openvino_precisions_never_share_a_compiled_blob(
+    backend, cached, tiny_checkpoint, photos, reference, tmp_path, monkeypatch
+):
+    """OpenVINO's blob cache keys a model read from a file by its path, not by the
+    inference precision: an fp32 process that met a bf16 process's blob ran in bf16 (and
+    a bf16 one that met an fp32 blob gave outputs far outside the guard at full scale)."""
+    from mlsharp.backends.openvino_runtime import import_openvino
+
+    if "BF16" not in import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU offers OpenVINO no bf16 to mix with fp32")
+    load(tiny_checkpoint, backend)  # the IR, in the session's cache
+
+    def fresh_cache(name: str) -> None:
+        """A cache with the converted models but without any compiled blob."""
+        root = tmp_path / name
+        shutil.copytree(
+            cached / "compiled", root / "compiled", ignore=shutil.ignore_patterns("*-blobs")
+        )
+        for extra in cached.glob("*.json"):
+            shutil.copy(extra, root / extra.name)
+        monkeypatch.setenv("MLSHARP_CACHE", str(root))
+
+    fresh_cache("bf16-alone")
+    bf16_alone = load(tiny_checkpoint, backend, precision="bf16").predict(photos[0])
+    assert compare_gaussians(reference[0], bf16_alone)["positions"].mean > 0  # really bf16
+
+    fresh_cache("both")
+    fp32 = load(tiny_checkpoint, backend).predict(photos[0])
+    assert_close(fp32, reference[0], FP32_ROUNDING)
+    bf16 = load(tiny_checkpoint, backend, precision="bf16").predict(photos[0])  # fp32's blob?
+    errors = compare_gaussians(bf16_alone, bf16)
+    # The same compiled graph gives the same numbers (rotations pass through an
+    # eigen-decomposition whose last bits vary from run to run).
+    assert errors.pop("rotations").max < 1e-3
+    assert all(error.max == 0 for error in errors.values()), errors
+    fp32_again = load(tiny_checkpoint, backend).predict(photos[0])  # bf16's blob?
+    assert_close(fp32_again, reference[0], FP32_ROUNDING)
 
 
 @pytest.mark.parametrize("backend", backend_params)

@@ -6,7 +6,7 @@ files: the checkpoint's SHA-256, the preset, the internal resolution, the format
 weight kind and the versions of the tools that wrote them (torch's exporter, onnx,
 OpenVINO, NNCF, ONNX Runtime's quantizer), plus the export format's version. The
 runtime's own compiled blobs (OpenVINO's ``CACHE_DIR``) live in
-``cache_dir()/compiled/openvino-blobs``, keyed by OpenVINO itself.
+``cache_dir()/compiled/openvino-blobs/<device>-<precision>``, keyed by OpenVINO itself.
 
 A folder at its final name is always complete: an export is built in a temporary
 folder beside it and renamed into place (an atomic rename on one file system). When two
@@ -44,9 +44,17 @@ def compiled_root() -> Path:
     return cache_dir() / "compiled"
 
 
-def openvino_blob_dir() -> Path:
-    """Where OpenVINO keeps its compiled blobs (its ``CACHE_DIR`` property)."""
-    return compiled_root() / "openvino-blobs"
+def openvino_blob_dir(device: str, precision: str) -> Path:
+    """Where OpenVINO keeps its compiled blobs (its ``CACHE_DIR`` property) for one device
+    and inference precision.
+
+    One folder each because OpenVINO's key for a model read from a file is the file's
+    path and its properties, not the inference precision: a bf16 compilation importing the
+    blob an fp32 one left (or the reverse) ran with the other's graph, and at full scale
+    its output was far outside the accuracy guard.
+    """
+    safe_device = "".join(c if c.isalnum() or c in "._-" else "_" for c in device)
+    return compiled_root() / "openvino-blobs" / f"{safe_device}-{precision}"
 
 
 def cache_key(spec: ExportSpec, checkpoint_sha256: str) -> str:

@@ -210,12 +210,13 @@ def load_runtime(
 
         spec = ExportSpec("openvino", preset, resolution, weights)
         folder = cached_export(checkpoint, spec, precision=options.precision, progress=say)
+        device = options.backend_device or "CPU"
         return OpenVinoRuntime(
             folder / spec.model_file,
             cfg,
             options,
-            device=options.backend_device or "CPU",
-            blob_dir=openvino_blob_dir(),
+            device=device,
+            blob_dir=openvino_blob_dir(device, options.precision),
         )
     if options.backend == "onnxruntime":
         from mlsharp.backends.onnxruntime_runtime import OnnxRuntimeRuntime

@@ -1,22 +1,29 @@
 """Every fenced code block of README.md, README.zh-CN.md and docs/*.md, checked or run.
 
-How each block is treated (an HTML comment on the line before the fence can say more:
-``<!-- doc-example: TAG (reason) -->``):
+Every block is parsed in its language (PowerShell with the PowerShell grammar, JSON, YAML,
+TOML, Python, bash with ``bash -n``). An HTML comment on the line before the fence,
+``<!-- doc-example: TAG (reason) -->``, says what else happens; a bash or console block
+must have one:
 
-* ``skip (reason)``: not run here; the reason is listed (GPU-only, network-only, needs
-  Apple's weights, starts a long-running server...).
-* ``run``: a bash block run with ``bash -euo pipefail`` in a scratch folder that holds
-  ``photo.jpg``, ``examples/photo.jpg`` and ``tiny.pt``, with ``mlsharp`` on PATH and
-  ``MLSHARP_PRESET=tiny``, ``MLSHARP_CHECKPOINT=tiny.pt`` (untrained tiny weights: the
-  commands run as written, in seconds).
-* ``run-with-server``: the same, against a tiny ``mlsharp serve`` started by the test;
-  ``127.0.0.1:8000`` in the block is replaced by its address and ``mlsharp serve`` lines
-  are left out (the test's server is that server).
+* ``run``: run in a fresh copy of a scratch folder holding the file names the examples
+  use (see ``scratch``), with ``mlsharp`` on PATH, ``MLSHARP_PRESET=tiny`` and untrained
+  tiny weights as the checkpoint, so the commands run as written, in seconds. A bash
+  block runs with ``bash -euo pipefail``; a console block runs each ``$`` command and
+  checks what the transcript shows (an error line exactly, else success and its JSON
+  keys); a Python block runs with this Python. Lines are bounded (``bounded``:
+  ``predict``/``render`` overwrite, ``render`` makes 2 small frames, ``mlsharp serve``
+  runs on a free loopback port until ready). Commands named in backticks in the reason
+  (``run (except `mlsharp download`: ...)``) are left out, for the reason given.
+* ``run-with-server``: the same, against a tiny ``mlsharp serve`` with docs/api.md's API
+  keys, started by the test: ``127.0.0.1:8000`` (and ``host:8000``) become its address,
+  the examples' job and batch ids and ETag those of real ones, ``mlsharp serve`` lines
+  are left out, and ``curl`` fails on an HTTP error and sends a key unless it names one.
+* ``skip (reason)``: not run here (a GPU, the network, Apple's weights, Docker, minutes
+  of CPU...); listed as skipped with the reason.
 * ``python-client``, ``js-browser``, ``js-node``, ``js-webhook``: the API examples, run
   against a real server by the tests at the end of this file.
-* untagged: PowerShell is parsed with the PowerShell grammar (scripts cannot run here);
-  JSON, YAML, TOML are parsed; Python is compiled; bash is syntax-checked (``bash -n``)
-  and listed as skipped (not tagged to run); console transcripts are listed as skipped.
+* untagged (not bash or console): parsed only; output and file layouts are listed as
+  skipped.
 """
 
 from __future__ import annotations
@@ -107,54 +114,292 @@ def need_node() -> str:
 
 # -- the walk over every block -------------------------------------------------------------
 
+#: The names the examples use for the user's own files; the scratch folder holds each.
+PHOTO_NAMES = (
+    "photo.jpg",
+    "img.jpg",
+    "a.jpg",
+    "b.jpg",
+    "more.jpg",
+    "examples/photo.jpg",
+    "photos/one.jpg",
+    "photos/trip/two.jpg",
+)
+#: Keys of the doc server (docs/api.md's example); curl calls naming no key get the first.
+DOC_KEYS = ("key-for-alice", "key-for-bob")
+#: docs/api.md's illustrative ids and ETag, replaced by those of real jobs on the server.
+EXAMPLE_JOB = "job_DHNkj9fGE0oR4Siu"
+EXAMPLE_BATCH = "batch_73XhL8hzR9Mi6jXO"
+EXAMPLE_ETAG = '"job_DHNkj9fGE0oR4Siu-ply-70031d-18ea0ac8071b907a"'
+#: Paths of production examples, kept inside the scratch folder.
+PATH_SUBSTITUTIONS = {"/srv/mlsharp": "srv/mlsharp"}
+
+# Run before each block: `curl` fails on an HTTP error (so a wrong example fails the test)
+# and sends the doc server's key unless the command names one; `mlsharp serve` lines run
+# until the server is ready, then are stopped.
+BASH_PRELUDE = r"""
+curl() {
+  case " $* " in
+    *"Authorization:"* | *"X-API-Key:"*) ;;
+    *) set -- -H "Authorization: Bearer $DOC_KEY" "$@" ;;
+  esac
+  command curl --fail-with-body "$@"
+}
+serve_until_ready() {
+  "$@" >serve.log 2>&1 &
+  local pid=$! tries=0
+  until command curl -sf "http://127.0.0.1:$DOC_PORT/v1/ready" >/dev/null; do
+    tries=$((tries + 1))
+    if ! kill -0 "$pid" 2>/dev/null || [ "$tries" -gt 900 ]; then
+      kill -TERM "$pid" 2>/dev/null || true
+      cat serve.log >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  kill -TERM "$pid"
+  wait "$pid" || true
+}
+"""
+
+
+def _make_heic(jpeg: Path, dest: Path) -> None:
+    from PIL import Image
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    with Image.open(jpeg) as image:
+        image.save(dest, format="HEIF")
+
+
+def _make_small_scenes(folder: Path, env: dict) -> None:
+    """photo.ply (and out/photo.ply, pano.ply): a tiny prediction cut to 3,000 splats, so
+    the examples that render it take seconds; pano.ply is marked as a panorama."""
+    from mlsharp import splat
+
+    def mlsharp(*args: str) -> None:
+        result = subprocess.run(
+            ["mlsharp", *args], cwd=folder, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+
+    mlsharp("predict", "photo.jpg", "-o", "full", "-q")
+    mlsharp("convert", "full/photo.ply", "photo.ply", "--max-splats", "3000")
+    shutil.rmtree(folder / "full")
+    (folder / "out").mkdir()
+    shutil.copy(folder / "photo.ply", folder / "out" / "photo.ply")
+    scene = splat.read(folder / "photo.ply")
+    scene.metadata["panorama"] = True
+    splat.write(scene, folder / "pano.ply", "ply")
+
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory, tiny_checkpoint) -> dict:
-    """The scratch folder and environment that ``run`` blocks get."""
-    folder = tmp_path_factory.mktemp("doc-run")
-    (folder / "examples").mkdir()
-    for dest in ("photo.jpg", "examples/photo.jpg"):
-        shutil.copy(PHOTO, folder / dest)
-    shutil.copy(tiny_checkpoint, folder / "tiny.pt")
+    """The folder (copied afresh for each block) and environment that blocks run with.
+
+    It holds the file names the examples use (see ``PHOTO_NAMES``; ``img.heic``,
+    ``photos.zip``, a 2:1 ``pano.jpg`` tagged as a panorama, small scenes ``photo.ply``,
+    ``out/photo.ply`` and ``pano.ply``, ``mlsharp.yaml``), ``tiny.pt`` (also as
+    ``~/weights/sharp.pt``: HOME is the folder) and ``MLSHARP_PRESET=tiny``,
+    ``MLSHARP_CHECKPOINT=tiny.pt``: untrained tiny weights, so commands run as written.
+    """
+    from tests.panorama.room import encode, equirect_room, gpano_xmp
+    from tests.service.conftest import free_port
+
+    base = tmp_path_factory.mktemp("doc-base")
+    folder = base / "template"
+    for name in PHOTO_NAMES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PHOTO, folder / name)
+    _make_heic(PHOTO, folder / "img.heic")
+    shutil.make_archive(str(folder / "photos"), "zip", folder / "photos")
+    (folder / "pano.jpg").write_bytes(encode(equirect_room(512), "JPEG", xmp=gpano_xmp()))
+    (folder / "weights").mkdir()
+    for dest in ("tiny.pt", "weights/sharp.pt"):
+        shutil.copy(tiny_checkpoint, folder / dest)
+    (folder / "mlsharp.yaml").write_text("log_level: INFO\nworkers: 1\n")
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLSHARP_")}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        HOME=str(folder),
         MLSHARP_PRESET="tiny",
-        MLSHARP_CHECKPOINT=str(folder / "tiny.pt"),
+        MLSHARP_CHECKPOINT=str(tiny_checkpoint),
         MLSHARP_DEVICE="cpu",
-        MLSHARP_CACHE=str(folder / "cache"),
+        MLSHARP_OFFLINE="true",
+        MLSHARP_CACHE=str(base / "cache"),  # shared: a backend's export is made once
+        MLSHARP_DATA_DIR=str(base / "data"),
+        MLSHARP_HOST="127.0.0.1",
+        MLSHARP_PORT=str(port),
+        DOC_PORT=str(port),
+        DOC_KEY=DOC_KEYS[0],
     )
-    return {"folder": folder, "env": env}
+    _make_small_scenes(folder, env)
+    return {"template": folder, "env": env}
+
+
+@pytest.fixture()
+def workdir(scratch, tmp_path) -> Path:
+    """A fresh copy of the scratch folder, HOME included, for one block."""
+    folder = tmp_path / "work"
+    shutil.copytree(scratch["template"], folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
 def doc_server(scratch, tiny_checkpoint, tmp_path_factory):
-    """A tiny ``mlsharp serve`` for ``run-with-server`` blocks (started on first use)."""
+    """A tiny ``mlsharp serve`` with docs/api.md's API keys, for ``run-with-server`` blocks
+    (started on first use); yields its address and the ids of a finished job and batch."""
     from tests.service.conftest import launch_serve, wait_until_ok
 
     folder = tmp_path_factory.mktemp("doc-server")
+    keys = {"MLSHARP_API_KEYS": ",".join(DOC_KEYS)}
     process, url = launch_serve(
-        folder / "data", tiny_checkpoint, folder / "serve.log", cache_dir=folder / "cache"
+        folder / "data", tiny_checkpoint, folder / "serve.log", cache_dir=folder / "c", env=keys
     )
     try:
         ready = wait_until_ok(f"{url}/v1/ready", process, timeout=60)
         assert ready, (folder / "serve.log").read_text(errors="replace")
-        yield url
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {DOC_KEYS[0]}"})
+        job = _finished(client, "/v1/jobs", {"file": ("photo.jpg", PHOTO.read_bytes())})
+        etag = client.get(f"/v1/jobs/{job}/result").headers["etag"]
+        photos = [("files", (name, PHOTO.read_bytes())) for name in ("a.jpg", "b.jpg")]
+        batch = _finished(client, "/v1/batches", photos)
+        yield {"url": url, "client": client, "job": job, "etag": etag, "batch": batch}
     finally:
         process.terminate()
         process.wait(30)
 
 
-def run_bash(text: str, scratch: dict) -> None:
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", text],
-        cwd=scratch["folder"],
-        env=scratch["env"],
+def _finished(client: httpx.Client, path: str, files) -> str:
+    """POST files; wait until the job or batch has finished; its id."""
+    created = client.post(path, files=files)
+    assert created.status_code in (201, 202), created.text
+    item = created.json()["id"]
+    for _ in range(600):
+        status = client.get(f"{path}/{item}").json()["status"]
+        if status in ("succeeded", "completed"):
+            return item
+        assert status not in ("failed", "canceled"), status
+        time.sleep(0.1)
+    raise AssertionError(f"{item} still {status}")
+
+
+def with_server(text: str, server: dict) -> str:
+    """The block aimed at the doc server: its address, and real ids for the examples'."""
+    job = server["job"]
+    if "-X DELETE" in text:  # a job of its own, as it is deleted
+        job = _finished(server["client"], "/v1/jobs", {"file": ("del.jpg", PHOTO.read_bytes())})
+    address = server["url"].removeprefix("http://")
+    kept = [line for line in text.splitlines() if not line.startswith("mlsharp serve")]
+    text = "\n".join(kept) + "\n"
+    for old, new in (
+        (EXAMPLE_ETAG, server["etag"] if job == server["job"] else EXAMPLE_ETAG),
+        (EXAMPLE_JOB, job),
+        (EXAMPLE_BATCH, server["batch"]),
+        ("127.0.0.1:8000", address),
+        ("localhost:8000", address),
+        ("host:8000", address),
+    ):
+        text = text.replace(old, new)
+    return text
+
+
+def excepted_lines(block: Block) -> list[str]:
+    """Command prefixes a ``run`` tag leaves out, named in backticks in its reason."""
+    return re.findall(r"`([^`]+)`", block.reason or "")
+
+
+def commented(line: str) -> tuple[str, str]:
+    """A shell line split into its command and its trailing `` # comment`` (if any)."""
+    match = re.match(r"(.*?)(\s+#\s.*)?$", line)
+    assert match is not None
+    return match.group(1), match.group(2) or ""
+
+
+def bounded(line: str) -> str:
+    """A command line made quick and repeatable: ``predict`` and ``render`` lines overwrite
+    (each redoes its work, even after the line before), ``render`` lines make 2 frames of
+    160x120 (60 frames are a CPU minute); ``serve`` lines stop once ready."""
+    command, comment = commented(line)
+    if "mlsharp predict" in command:
+        command += " --overwrite"
+    elif "mlsharp render" in command:
+        command += " --overwrite --size 160x120" + ("" if ".png" in command else " --frames 2")
+    elif re.search(r"(^|\s)mlsharp serve", command):
+        command = re.sub(r"(^|\s)mlsharp serve", r"\1serve_until_ready mlsharp serve", command)
+        command = re.sub(r"--port \d+", "--port $DOC_PORT", command)
+        command = command.replace("--host 0.0.0.0", "--host 127.0.0.1")
+    return command + comment
+
+
+def runnable(block: Block, text: str) -> str:
+    """The block's text as it is run: lines the tag leaves out dropped, the rest bounded."""
+    skipped = excepted_lines(block)
+    for prefix in skipped:
+        assert any(line.startswith(prefix) for line in text.splitlines()), prefix
+    kept = [line for line in text.splitlines() if not line.startswith(tuple(skipped) or "\0")]
+    text = "\n".join(bounded(line) for line in kept) + "\n"
+    for old, new in PATH_SUBSTITUTIONS.items():
+        text = text.replace(old, new)
+    return text
+
+
+def run_bash(text: str, folder: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", BASH_PRELUDE + text],
+        cwd=folder,
+        env=env,
         capture_output=True,
         text=True,
         timeout=180,
     )
+
+
+def run_script(block: Block, text: str, folder: Path, env: dict) -> None:
+    if block.lang == "python":
+        text = re.sub(r"frames=\d+", "frames=2", text)  # as bounded() does for the CLI
+        command = [sys.executable, "-c", text]
+        result = subprocess.run(
+            command, cwd=folder, env=env, capture_output=True, text=True, timeout=180
+        )
+    else:
+        result = run_bash(runnable(block, text), folder, env)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+
+
+def transcript(text: str) -> list[tuple[str, list[str]]]:
+    """A console transcript's ``$ command`` lines (with ``\\`` continuations) and the
+    output shown after each."""
+    steps: list[tuple[str, list[str]]] = []
+    lines = text.splitlines()
+    while lines:
+        line = lines.pop(0)
+        if not line.startswith("$ "):
+            assert steps, f"output before a command: {line}"
+            steps[-1][1].append(line)
+            continue
+        command = line[2:]
+        while command.endswith("\\") and lines:
+            command = command[:-1] + " " + lines.pop(0).strip()
+        steps.append((command, []))
+    return steps
+
+
+def run_transcript(block: Block, text: str, folder: Path, env: dict) -> None:
+    """Each command of a console block runs; an ``mlsharp: error:`` shown must be the
+    error printed (and the exit non-zero), else it must succeed and print every JSON key
+    the transcript shows."""
+    for command, shown in transcript(text):
+        result = run_bash(runnable(block, command), folder, env)
+        printed = result.stdout + result.stderr
+        if shown and shown[0].startswith("mlsharp: error:"):
+            assert result.returncode != 0, printed
+            assert shown[0] in printed.splitlines(), printed
+            continue
+        assert result.returncode == 0, f"{command}: exit {result.returncode}\n{printed}"
+        for key in re.findall(r'"(\w+)"\s*:', "\n".join(shown)):
+            assert f'"{key}"' in result.stdout, f"{command}: no {key!r} in\n{result.stdout}"
 
 
 def check_syntax(block: Block) -> bool:
@@ -166,9 +411,10 @@ def check_syntax(block: Block) -> bool:
     elif block.lang == "yaml":
         yaml.safe_load(block.text)
     elif block.lang == "toml":
-        import tomllib
+        if sys.version_info >= (3, 11):  # tomllib is 3.11's; 3.10 leaves TOML unparsed
+            import tomllib
 
-        tomllib.loads(block.text)
+            tomllib.loads(block.text)
     elif block.lang == "python":
         compile(block.text, block.name, "exec")
     elif block.lang in ("bash", "sh", "shell"):
@@ -187,16 +433,23 @@ def test_doc_block(block: Block, request) -> None:
     if block.tag in API_EXAMPLES:
         pytest.skip(f"{block.name}: run by test_{block.tag.replace('-', '_')} below")
     if block.tag in ("run", "run-with-server"):
-        assert block.lang in ("bash", "sh"), f"{block.name}: only bash blocks run"
+        assert block.lang in ("bash", "sh", "console", "python"), block.name
         text = block.text
         if block.tag == "run-with-server":
-            address = request.getfixturevalue("doc_server").removeprefix("http://")
-            kept = [line for line in text.splitlines() if not line.startswith("mlsharp serve")]
-            text = "\n".join(kept).replace("127.0.0.1:8000", address)
-            text = text.replace("localhost:8000", address)
-        run_bash(text, request.getfixturevalue("scratch"))
-    elif block.lang in ("bash", "sh", "shell"):
-        pytest.skip(f"{block.name}: bash, syntax-checked only (not tagged to run)")
+            text = with_server(text, request.getfixturevalue("doc_server"))
+        folder = request.getfixturevalue("workdir")
+        env = request.getfixturevalue("scratch")["env"]
+        if block.tag == "run-with-server":  # a download is named after the job's photo, and
+            for scene in folder.glob("*.ply"):  # `curl -OJ` does not overwrite a file
+                scene.unlink()
+        if block.lang == "console":
+            run_transcript(block, text, folder, env)
+        else:
+            run_script(block, text, folder, env)
+    elif block.tag is not None:
+        pytest.fail(f"{block.name}: unknown tag {block.tag!r}")
+    elif block.lang in ("bash", "sh", "shell", "console"):
+        pytest.fail(f"{block.name}: a command block must be tagged run, run-with-server or skip")
     elif block.lang == "json" and not parsed:
         pytest.skip(f"{block.name}: abridged JSON (...)")
     elif not parsed:
@@ -351,7 +604,7 @@ def test_js_webhook_receiver_verifies_a_real_delivery(keyed_server, tmp_path):
         assert forged.status_code == 401  # a wrong signature is refused
         job = keyed_server.submit(jpeg_bytes(color=(1, 2, 3)), headers=auth).json()
         assert keyed_server.wait_job(job["id"], **auth)["status"] == "succeeded"
-        line = receiver.stdout.readline()  # type: ignore[union-attr]
+        line = receiver.stdout.readline()
         assert line.strip() == f"verified job.succeeded {job['id']}"
     finally:
         receiver.terminate()

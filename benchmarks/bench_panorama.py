@@ -75,7 +75,9 @@ def main() -> None:
     else:
         torch.manual_seed(0)
         model = build_model(args.preset)
-        engine = Engine(model.to(args.device), torch.device(args.device), options=options)
+        engine = Engine.from_model(
+            model.to(args.device), torch.device(args.device), options=options
+        )
     ready = time.perf_counter() - start
     source = args.image or encode(equirect_room(args.width))
     image = load_image(source, name=Path(args.image).name if args.image else "room.png")

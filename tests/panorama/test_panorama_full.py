@@ -26,7 +26,7 @@ from tests.panorama.seams import seam_stats
 @pytest.mark.slow
 def test_the_sharp_preset_predicts_a_panorama():
     torch.manual_seed(0)
-    engine = Engine(
+    engine = Engine.from_model(
         build_model("sharp"), torch.device("cpu"), options=RuntimeOptions(resolution=512)
     )
     image = load_image(encode(equirect_room(1024)), name="room.png")

@@ -9,9 +9,10 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from mlsharp.service.body import BodyLimitMiddleware
 from mlsharp.service.http_errors import install_error_handlers
 from mlsharp.service.metrics import Metrics
-from mlsharp.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from mlsharp.service.middleware import RequestContextMiddleware
 from tests.service.conftest import free_port
 
 

@@ -24,11 +24,12 @@ from mlsharp.errors import MlsharpError
 from mlsharp.service import web
 from mlsharp.service.api import batches, cache, jobs, predict, system, webhooks
 from mlsharp.service.backends import build_state, runner_threads
-from mlsharp.service.edge import AuthBeforeBodyMiddleware, BodyTimeoutMiddleware
+from mlsharp.service.body import BodyLimitMiddleware, BodyTimeoutMiddleware
+from mlsharp.service.edge import AuthBeforeBodyMiddleware
 from mlsharp.service.http_errors import install_error_handlers
 from mlsharp.service.jobs.runner import JobRunner, purge_expired
 from mlsharp.service.metrics import Metrics
-from mlsharp.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from mlsharp.service.middleware import RequestContextMiddleware
 from mlsharp.service.state import ServiceState
 
 log = logging.getLogger("mlsharp.service")

@@ -11,9 +11,8 @@ API key checked only in a dependency was checked after a whole upload (up to
   ``PATCH`` under ``/v1/``: every such route is protected), runs :func:`authenticate` on
   the headers alone and answers 401/403/429 before a byte of the body is read. The
   route's dependency then reuses its answer (one rate-limit token per request, not two).
-* :class:`BodyTimeoutMiddleware`: a request's body must have arrived
-  ``body_timeout_seconds`` after its headers, else 408 (a slow sender holds a connection
-  and a worker of the event loop no longer than that).
+
+The size and the deadline of the body itself are bounded in :mod:`mlsharp.service.body`.
 
 The client address is the connection's peer, or with ``trusted_proxies`` the address a
 trusted proxy names in ``X-Forwarded-For`` (uvicorn's ``ProxyHeadersMiddleware``, set up
@@ -22,15 +21,13 @@ in ``app.py``).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mlsharp.errors import BadRequest, Forbidden, MlsharpError
+from mlsharp.errors import Forbidden, MlsharpError
 from mlsharp.service.http_errors import mlsharp_error_response
 from mlsharp.service.state import ServiceState
 
@@ -103,68 +100,3 @@ class AuthBeforeBodyMiddleware:
             return
         scope.setdefault("state", {})[_CHECKED_OWNER] = (owner,)
         await self.app(scope, receive, send)
-
-
-class _BodyTimeout(HTTPException):
-    """Raised from ``receive`` when the body is late. An HTTPException, because FastAPI
-    turns any other exception raised while it parses a body into a 400."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(
-            408,
-            f"the request body did not arrive within {seconds:g} s",
-            headers={"Connection": "close"},
-        )
-
-
-class BodyTimeoutMiddleware:
-    """Answers 408 when a request's body is not complete ``seconds`` after its headers.
-
-    Only reading the body is timed: once it is complete, ``receive`` (which streaming
-    responses use to notice a disconnect) waits as long as it likes.
-    """
-
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
-        self.app = app
-        self.seconds = seconds
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.seconds
-        body_done = False
-        started = False
-
-        async def timed_receive() -> Message:
-            nonlocal body_done
-            if body_done:
-                return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
-            except asyncio.TimeoutError:
-                raise _BodyTimeout(self.seconds) from None
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                body_done = True
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, timed_receive, tracking_send)
-        except _BodyTimeout as error:  # raised where no handler turned it into a response
-            if not started:
-                response = mlsharp_error_response(
-                    scope["method"], scope["path"], _as_request_error(error)
-                )
-                response.headers["Connection"] = "close"
-                await response(scope, receive, send)
-
-
-def _as_request_error(error: _BodyTimeout) -> MlsharpError:
-    return BadRequest(str(error.detail), status=408, code="request_timeout")

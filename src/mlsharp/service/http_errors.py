@@ -40,6 +40,11 @@ _CODES_BY_STATUS = {
 }
 
 
+def code_for_status(status: int) -> str:
+    """The error code of a plain HTTP status (``http_error`` for one without its own)."""
+    return _CODES_BY_STATUS.get(status, "http_error")
+
+
 def error_response(
     path: str,
     status: int,
@@ -103,7 +108,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         status = error.status_code
-        code = _CODES_BY_STATUS.get(status, "http_error")
+        code = code_for_status(status)
         message = error.detail if isinstance(error.detail, str) else code.replace("_", " ")
         response = error_response(request.url.path, status, code, message)
         response.headers.update(error.headers or {})  # e.g. Allow on a 405

@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids, access logs and metrics, and the request body limit.
+"""ASGI middleware: request ids, access logs and metrics (the body's bounds: ``body.py``).
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so streaming responses (event streams, archives)
 pass through untouched.
@@ -11,7 +11,6 @@ import re
 import secrets
 import time
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlsharp.service.http_errors import error_response
@@ -20,14 +19,6 @@ from mlsharp.service.metrics import Metrics
 
 log = logging.getLogger("mlsharp.access")
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-
-
-class _BodyTooLarge(HTTPException):
-    """Raised from ``receive`` mid-body. An HTTPException, because FastAPI turns any other
-    exception raised while it parses a body into a 400."""
-
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"request body exceeds the limit of {max_bytes} bytes")
 
 
 class RequestContextMiddleware:
@@ -93,54 +84,3 @@ def _route_template(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else "unmatched"
-
-
-class BodyLimitMiddleware:
-    """Refuses request bodies over ``max_bytes`` with 413, by header or while streaming."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
-            return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge(self.max_bytes)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
-            scope["path"],
-            413,
-            "payload_too_large",
-            f"request body exceeds the limit of {self.max_bytes} bytes",
-        )
-        response.headers["Connection"] = "close"
-        await response(scope, receive, send)

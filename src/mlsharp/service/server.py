@@ -14,7 +14,7 @@ any number of connections. :func:`uvicorn_options` gives ``uvicorn.run`` / ``Con
   (431/400 beyond);
 * ``proxy_headers`` off: ``X-Forwarded-For`` is read by the app, from ``trusted_proxies``.
 
-The body has its own deadline in the app (``edge.BodyTimeoutMiddleware``). Behind a
+The body has its own deadline in the app (``body.BodyTimeoutMiddleware``). Behind a
 reverse proxy (deploy/nginx.conf) the proxy's timeouts apply first.
 """
 

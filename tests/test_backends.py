@@ -131,6 +131,13 @@ def test_openvino_bf16_passes_the_accuracy_guard(
     engine = load(tiny_checkpoint, backend, precision="bf16")
     errors = compare_gaussians(reference[0], engine.predict(photos[0]))
     assert threshold_failures(errors) == []
+    # Compiled from half-precision files: OpenVINO keeps the file's constants beside its
+    # own bf16 copy of the weights, so fp32 files cost a second, twice as large copy.
+    from mlsharp.backends.export import Manifest
+
+    model_file = engine.runtime.model_file
+    assert Manifest.read(model_file.parent).spec.weights == "fp16"
+    assert 'element_type="f16"' in model_file.read_text()
 
 
 @pytest.mark.parametrize("backend", [pytest.param("openvino", marks=needs("openvino"))])

@@ -201,13 +201,14 @@ def load_runtime(
     """The openvino or onnxruntime runtime for ``options``, converting the network into
     the cache on first use (with messages on stderr when ``progress``)."""
     from mlsharp.backends.cache import ExportSpec, cached_export, openvino_blob_dir
+    from mlsharp.backends.export import stored_weights
 
     resolution = options.resolution or cfg.internal_resolution
-    weights = "int8" if options.int8_weights else "fp32"
     say = _say(progress)
     if options.backend == "openvino":
         from mlsharp.backends.openvino_runtime import OpenVinoRuntime
 
+        weights = stored_weights("openvino", options.precision, int8=options.int8_weights)
         spec = ExportSpec("openvino", preset, resolution, weights)
         folder = cached_export(checkpoint, spec, precision=options.precision, progress=say)
         device = options.backend_device or "CPU"
@@ -221,6 +222,7 @@ def load_runtime(
     if options.backend == "onnxruntime":
         from mlsharp.backends.onnxruntime_runtime import OnnxRuntimeRuntime
 
+        weights = stored_weights("onnx", options.precision, int8=options.int8_weights)
         spec = ExportSpec("onnx", preset, resolution, weights)
         folder = cached_export(checkpoint, spec, precision=options.precision, progress=say)
         return OnnxRuntimeRuntime(

@@ -20,16 +20,14 @@ if TYPE_CHECKING:
 
 
 def _spec(args: argparse.Namespace, preset: str, resolution: int) -> ExportSpec:
-    from mlsharp.backends.export import ExportSpec
+    from mlsharp.backends.export import ExportSpec, stored_weights
 
-    if args.precision == "bf16" and args.runtime == "onnx":
+    if args.precision in ("bf16", "fp16") and args.runtime == "onnx":
         raise ConfigError(
-            "bf16 is an OpenVINO inference mode (--runtime openvino); ONNX files are exported "
-            "in fp32 or with int8 weights"
+            f"{args.precision} is an OpenVINO mode (--runtime openvino); ONNX files are "
+            "exported in fp32 or with int8 weights"
         )
-    weights = "fp16" if args.precision == "fp16" else "fp32"
-    if args.weights == "int8":
-        weights = "int8"
+    weights = stored_weights(args.runtime, args.precision, int8=args.weights == "int8")
     spec = ExportSpec(args.runtime, preset, resolution, weights)
     spec.check()
     return spec

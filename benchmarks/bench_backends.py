@@ -20,7 +20,8 @@ A quick check of the script itself (seconds):
     python benchmarks/bench_backends.py --preset tiny --checkpoint tiny.pt --resolutions 512
 
 Rows (``--modes``): torch fp32, torch bf16, openvino fp32, openvino bf16, openvino with int8
-weights, onnxruntime fp32. For each resolution and row, two child processes run:
+weights (in fp32, and in bf16: the least memory), onnxruntime fp32. For each resolution
+and row, two child processes run:
 
 1. **first use** with an empty cache for that row (the conversion the row needs, timed
    from process start until the engine is ready; the fp32 ONNX export the other rows
@@ -67,6 +68,7 @@ MODES = {
     "openvino-fp32": {"backend": "openvino"},
     "openvino-bf16": {"backend": "openvino", "precision": "bf16"},
     "openvino-int8": {"backend": "openvino", "int8_weights": True},
+    "openvino-int8-bf16": {"backend": "openvino", "int8_weights": True, "precision": "bf16"},
     "onnxruntime-fp32": {"backend": "onnxruntime"},
 }
 

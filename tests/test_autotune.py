@@ -25,6 +25,7 @@ from mlsharp.runtime.autotune import (
     Measurement,
     acceleration_candidates,
     autotune,
+    backend_candidates,
     cache_file,
     cached_or_tuned,
     load_cached,
@@ -230,6 +231,17 @@ def test_candidates_per_device():
     assert acceleration_candidates(base, "cpu", compile=False) == []
     assert labels(postprocess_candidates(base)) == ["bf16+channels_last+fast_postprocess"]
     assert postprocess_candidates(RuntimeOptions(fast_postprocess=True)) == []
+    # The other CPU runtimes: float and int8 weights; OpenVINO's bf16 (also with int8
+    # weights, the least memory) only where the CPU computes bf16.
+    assert labels(backend_candidates(["openvino", "onnxruntime"], bf16=True)) == [
+        "openvino+fp32",
+        "openvino+fp32+int8_weights",
+        "openvino+bf16",
+        "openvino+bf16+int8_weights",
+        "onnxruntime+fp32",
+        "onnxruntime+fp32+int8_weights",
+    ]
+    assert "bf16" not in " ".join(labels(backend_candidates(["openvino"], bf16=False)))
 
 
 def test_synthetic_photo_is_deterministic():

@@ -322,15 +322,19 @@ def backend_candidates(
     backends: Sequence[Backend], *, bf16: bool, resolution: int | None = None
 ) -> list[RuntimeOptions]:
     """Stage 1b (CPU): the other backends, fp32 and int8 weights each, and OpenVINO's bf16
-    when the CPU computes bf16 natively. Their errors go through the same guard."""
+    (with float and with int8 weights: the least memory) when the CPU computes bf16
+    natively. Their errors go through the same guard."""
     candidates = []
     for backend in backends:
         candidates.append(RuntimeOptions(backend=backend, resolution=resolution))
-        if backend == "openvino" and bf16:
-            candidates.append(
-                RuntimeOptions(backend=backend, precision="bf16", resolution=resolution)
-            )
         candidates.append(RuntimeOptions(backend=backend, int8_weights=True, resolution=resolution))
+        if backend == "openvino" and bf16:
+            candidates += [
+                RuntimeOptions(backend=backend, precision="bf16", resolution=resolution),
+                RuntimeOptions(
+                    backend=backend, precision="bf16", int8_weights=True, resolution=resolution
+                ),
+            ]
     return candidates
 
 

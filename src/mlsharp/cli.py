@@ -396,8 +396,8 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
         "--precision",
         choices=EXPORT_PRECISION_CHOICES,
         default=EXPORT_PRECISION_CHOICES[0],
-        help="fp32 (default); fp16 stores OpenVINO weights in half precision; bf16 is an "
-        "OpenVINO inference mode (the files stay fp32) recorded in the manifest",
+        help="fp32 (default); fp16 and bf16 are OpenVINO inference modes (recorded in the "
+        "manifest) whose weights are stored in half precision",
     )
     export.add_argument(
         "--weights",

@@ -420,9 +420,12 @@ BATCH_CEILING_CHILD = textwrap.dedent(
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     # As CHILD: one photo fits in this margin, the options' batch of four does not; the
     # engine retries that batch photo by photo.
-    resource.setrlimit(resource.RLIMIT_AS, (vm_size() + 400 * 2**20, hard))
-    report["batch"] = [g.metadata["timings"].extra["batch_size"]
-                       for g in engine.predict_many([photo] * 4)]
+    resource.setrlimit(resource.RLIMIT_AS, (vm_size() + 440 * 2**20, hard))
+    try:
+        report["batch"] = [g.metadata["timings"].extra["batch_size"]
+                           for g in engine.predict_many([photo] * 4)]
+    except OutOfMemory:  # even one photo did not fit this time: the test runs again
+        report["batch"] = None
     resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     report["after"] = engine.suggested_batch_size()
     report["sizes"] = [g.metadata["timings"].extra["batch_size"]
@@ -434,7 +437,10 @@ BATCH_CEILING_CHILD = textwrap.dedent(
 
 def test_batch_estimate_learns_from_out_of_memory(tiny_checkpoint):
     env = {**os.environ, "MALLOC_ARENA_MAX": "1"}  # as above: margins independent of threads
-    report = run_child(BATCH_CEILING_CHILD, str(tiny_checkpoint), env=env)
+    for _ in range(3):  # as above: a run where even one photo no longer fits is retried
+        report = run_child(BATCH_CEILING_CHILD, str(tiny_checkpoint), env=env)
+        if report["batch"] is not None:
+            break
     assert report["batch"] == [1.0] * 4  # the batch of four ran out of memory: one by one
     assert (report["before"], report["after"]) == (4, 2)  # halved, not tried at 4 again
     assert report["sizes"] == [2.0] * 4

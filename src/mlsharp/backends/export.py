@@ -57,6 +57,8 @@ FORMATS = EXPORT_RUNTIME_CHOICES
 WEIGHT_KINDS = ("fp32", "fp16", "int8")
 
 Progress = Callable[[str], None]
+#: Precisions that only OpenVINO computes in; their exports store fp16 weights.
+OPENVINO_HALF_PRECISIONS = ("bf16", "fp16")
 
 
 def stored_weights(runtime_format: str, precision: str, *, int8: bool = False) -> str:
@@ -72,7 +74,7 @@ def stored_weights(runtime_format: str, precision: str, *, int8: bool = False) -
     """
     if int8:
         return "int8"
-    if runtime_format == "openvino" and precision in ("bf16", "fp16"):
+    if runtime_format == "openvino" and precision in OPENVINO_HALF_PRECISIONS:
         return "fp16"
     return "fp32"
 

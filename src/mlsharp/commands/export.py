@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 
 
 def _spec(args: argparse.Namespace, preset: str, resolution: int) -> ExportSpec:
-    from mlsharp.backends.export import ExportSpec, stored_weights
+    from mlsharp.backends.export import OPENVINO_HALF_PRECISIONS, ExportSpec, stored_weights
 
-    if args.precision in ("bf16", "fp16") and args.runtime == "onnx":
+    if args.precision in OPENVINO_HALF_PRECISIONS and args.runtime == "onnx":
         raise ConfigError(
             f"{args.precision} is an OpenVINO mode (--runtime openvino); ONNX files are "
             "exported in fp32 or with int8 weights"

@@ -19,6 +19,17 @@ from tests.service.conftest import jpeg_bytes
 
 MB = 2**20
 
+# glibc keeps freed memory for reuse (per-thread arenas, a heap top it trims lazily, an mmap
+# threshold that grows with what was freed), so a forward after the warm one can fit in
+# memory the process already maps and the cap never bites: a clean-clone run once saw the
+# capped job succeed. One arena and fixed thresholds make every large tensor a fresh mmap
+# that is unmapped when freed, so the capped forward must map new memory, and fails.
+FRESH_MAPPINGS_MALLOC = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),
+    "MALLOC_TRIM_THRESHOLD_": str(128 * 1024),
+}
+
 
 def vm_size(pid: int) -> int:
     """Bytes of address space process ``pid`` has mapped."""
@@ -66,7 +77,7 @@ def submit(url: str, seed: int) -> str:
 
 @pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs Linux prlimit")
 def test_out_of_memory_fails_the_job_not_the_server(serve_process, tmp_path) -> None:
-    server = serve_process(tmp_path / "data", "--resolution", "1024")
+    server = serve_process(tmp_path / "data", "--resolution", "1024", env=FRESH_MAPPINGS_MALLOC)
     pid = server.process.pid
     deadline = time.monotonic() + 60
     while httpx.get(f"{server.url}/v1/ready").status_code != 200:

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -64,6 +65,27 @@ def run_child(script: str, *args: str, env: dict[str, str] | None = None) -> dic
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+#: One malloc arena for the children that cap their address space: the worker threads'
+#: arenas would otherwise reserve address space (64 MB each) under the cap and make its
+#: margin depend on the thread count.
+ONE_ARENA = {"MALLOC_ARENA_MAX": "1"}
+
+
+def run_capped_child(script: str, *args: str, one_photo_fitted: Callable[[dict], bool]) -> dict:
+    """Run a child that caps its address space to let one photo fit but not a batch.
+
+    The cap's margin depends on how much freed heap the allocator still maps after the
+    failed batch, which varies from run to run: a run in which even one photo no longer
+    fit (``one_photo_fitted(report)`` false) says nothing about the batch, so it is run
+    again, three runs at most. The last run's report.
+    """
+    for _ in range(3):
+        report = run_child(script, *args, env={**os.environ, **ONE_ARENA})
+        if one_photo_fitted(report):
+            break
+    return report
+
+
 CHILD = textwrap.dedent(
     """
     engine = Engine.load(sys.argv[1], preset="tiny", device="cpu", download=False,
@@ -102,8 +124,7 @@ CHILD = textwrap.dedent(
 def test_forced_allocation_failure_is_out_of_memory_and_the_engine_recovers(
     tiny_checkpoint,
 ):
-    env = {**os.environ, "MALLOC_ARENA_MAX": "1"}  # as below: margins independent of threads
-    report = run_child(CHILD, str(tiny_checkpoint), env=env)
+    report = run_child(CHILD, str(tiny_checkpoint), env={**os.environ, **ONE_ARENA})
     count = 4 * 2 * 256**2  # tiny at 1024 px
     message = report["single"]
     assert message.startswith("out of memory on cpu while running 1 image at 1024x1024 px in fp32")
@@ -170,16 +191,11 @@ BATCHER_CHILD = textwrap.dedent(
 
 
 def test_a_batch_that_does_not_fit_is_retried_photo_by_photo(tiny_checkpoint):
-    # One malloc arena: the worker threads' arenas would otherwise reserve address space
-    # (64 MB each) under the cap and make the margin depend on the thread count.
-    env = {**os.environ, "MALLOC_ARENA_MAX": "1"}
-    # The cap's margin depends on how much freed heap the allocator still maps after the
-    # failed shared forward, which varies from run to run: a run in which even one photo
-    # no longer fits says nothing about the retry, so it is tried again (at most twice).
-    for _ in range(3):
-        report = run_child(BATCHER_CHILD, str(tiny_checkpoint), env=env)
-        if "OutOfMemory" not in json.dumps(report["results"]):
-            break
+    report = run_capped_child(
+        BATCHER_CHILD,
+        str(tiny_checkpoint),
+        one_photo_fitted=lambda report: "OutOfMemory" not in json.dumps(report["results"]),
+    )
     # Every caller got its Gaussians, each from a forward of its own photo: the engine
     # retried the shared forward that did not fit photo by photo.
     assert report["results"] == [[4 * 2 * 256**2, 1.0]] * 4
@@ -189,9 +205,10 @@ def test_a_batch_that_does_not_fit_is_retried_photo_by_photo(tiny_checkpoint):
 
 CLI_BATCH_CHILD = textwrap.dedent(
     """
+    import tempfile
     from mlsharp.cli import main
 
-    folder = Path(sys.argv[2])
+    folder = Path(tempfile.mkdtemp(dir=sys.argv[2]))  # a fresh one for each run of the test
     for index in range(3):
         (folder / f"p{index}.png").write_bytes(structured_photo(64, 48, seed=index))
     load = Engine.load
@@ -220,13 +237,12 @@ CLI_BATCH_CHILD = textwrap.dedent(
 
 
 def test_cli_batch_that_does_not_fit_is_predicted_photo_by_photo(tiny_checkpoint, tmp_path):
-    env = {**os.environ, "MALLOC_ARENA_MAX": "1"}  # as above
-    for attempt in range(3):  # as above: a run where one photo no longer fits is retried
-        folder = tmp_path / f"run{attempt}"
-        folder.mkdir()
-        report = run_child(CLI_BATCH_CHILD, str(tiny_checkpoint), str(folder), env=env)
-        if report["status"] == 0:
-            break
+    report = run_capped_child(
+        CLI_BATCH_CHILD,
+        str(tiny_checkpoint),
+        str(tmp_path),
+        one_photo_fitted=lambda report: report["status"] == 0,
+    )
     assert report["status"] == 0
     assert report["written"] == ["p0.ply", "p1.ply", "p2.ply"]  # each photo got its scene
     assert report["oom_releases"] == 1  # the shared forward failed once, then one by one
@@ -424,7 +440,7 @@ BATCH_CEILING_CHILD = textwrap.dedent(
     try:
         report["batch"] = [g.metadata["timings"].extra["batch_size"]
                            for g in engine.predict_many([photo] * 4)]
-    except OutOfMemory:  # even one photo did not fit this time: the test runs again
+    except OutOfMemory:  # even one photo did not fit: run_capped_child runs this again
         report["batch"] = None
     resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     report["after"] = engine.suggested_batch_size()
@@ -436,11 +452,11 @@ BATCH_CEILING_CHILD = textwrap.dedent(
 
 
 def test_batch_estimate_learns_from_out_of_memory(tiny_checkpoint):
-    env = {**os.environ, "MALLOC_ARENA_MAX": "1"}  # as above: margins independent of threads
-    for _ in range(3):  # as above: a run where even one photo no longer fits is retried
-        report = run_child(BATCH_CEILING_CHILD, str(tiny_checkpoint), env=env)
-        if report["batch"] is not None:
-            break
+    report = run_capped_child(
+        BATCH_CEILING_CHILD,
+        str(tiny_checkpoint),
+        one_photo_fitted=lambda report: report["batch"] is not None,
+    )
     assert report["batch"] == [1.0] * 4  # the batch of four ran out of memory: one by one
     assert (report["before"], report["after"]) == (4, 2)  # halved, not tried at 4 again
     assert report["sizes"] == [2.0] * 4
